@@ -1,0 +1,255 @@
+"""The ``sweep`` command line: thin commands over the library.
+
+Errors are mapped to exit codes in one place (:func:`_errors`): a user
+mistake prints one line and exits 2, an interruption exits 130 (SIGINT) or
+143 (SIGTERM), any other :class:`~sweep.errors.SweepError` exits 1. No
+command prints a storage URL with its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from sweep import __version__
+from sweep.errors import Interrupted, SweepError, UserError
+
+app = typer.Typer(
+    name="sweep",
+    help="Hyperparameter sweeps for Keras models, ranked by validation-loss stability.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Storage URL (sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://...). "
+        "Default: $SWEEP_STORAGE, then the study file's, then sqlite:///sweep.db.",
+        show_default=False,
+    ),
+]
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """The one place where library errors become messages and exit codes."""
+    try:
+        yield
+    except Interrupted as exc:
+        err.print(
+            f"[yellow]{escape(str(exc))}[/]: the running trial was marked FAIL (interrupted); "
+            "run the same command again to resume"
+        )
+        raise typer.Exit(exc.exit_code) from None
+    except SweepError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
+
+
+def _parse_workers(value: str) -> int:
+    from sweep.runner import default_workers
+
+    if value == "auto":
+        return default_workers()
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise UserError(f"--workers: got {value!r}; allowed: an integer >= 1 or 'auto' (one per core)")
+
+
+@app.command()
+def run(
+    study_file: Annotated[Path, typer.Argument(help="The study file (TOML).", show_default=False)],
+    n_trials: Annotated[
+        int | None,
+        typer.Option("--n-trials", min=1, help="The study's total number of trials (a resumed study runs only the rest)."),
+    ] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d.")
+    ] = None,
+    storage: StorageOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a study-file field: SECTION.KEY=VALUE (repeatable)."),
+    ] = None,
+    workers: Annotated[
+        str, typer.Option("--workers", help="Worker processes on this machine: N or 'auto' (one per core).")
+    ] = "1",
+    allow_spec_change: Annotated[
+        bool, typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
+) -> None:
+    """Create a study from STUDY_FILE, or resume it, and run it to its target."""
+    with _errors():
+        from sweep.runner import run_sweep
+        from sweep.spec import load_spec
+        from sweep.storage import mask, resolve_url
+
+        updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout}
+        if storage is not None:
+            updates["study.storage"] = storage
+        spec = load_spec(study_file, overrides=set_ or (), updates=updates)
+        n_workers = _parse_workers(workers)
+        url = resolve_url(storage, spec.study.storage)
+        if not quiet:
+            err.print(f"study [bold]{spec.study.name}[/] on {mask(url)}, {n_workers} worker(s)")
+        with _progress_bar(spec.study.n_trials, quiet=quiet) as (on_progress, on_output):
+            result = run_sweep(
+                spec=spec,
+                storage=url,
+                workers=n_workers,
+                allow_spec_change=allow_spec_change,
+                on_progress=on_progress,
+                on_output=on_output,
+            )
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
+        best = (
+            f"; best trial {result.best_number} (score {result.best_value:.4g})"
+            if result.best_value is not None
+            else ""
+        )
+        out.print(f"{result.study_name}: {result.done} of {result.target or '-'} trials done ({states}){best}")
+
+
+@app.command()
+def worker(
+    study_name: Annotated[str, typer.Argument(help="The study to join.", show_default=False)],
+    storage: StorageOpt = None,
+    n_trials: Annotated[
+        int | None, typer.Option("--n-trials", min=1, help="The study's total (default: the stored target).")
+    ] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long.")] = None,
+    workers: Annotated[str, typer.Option("--workers", help="Worker processes: N or 'auto'.")] = "1",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
+) -> None:
+    """Join an existing study from any machine; the spec is read from the storage."""
+    with _errors():
+        import time
+
+        from sweep import records
+        from sweep.runner import open_sweep, supervise, threads_per_worker
+        from sweep.spec import parse_duration
+        from sweep.storage import resolve_url
+
+        url = resolve_url(storage)
+        study, spec = open_sweep(study_name, url)
+        target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
+        try:
+            seconds = parse_duration(timeout)
+        except ValueError as exc:
+            raise UserError(f"--timeout: {exc}") from None
+        n_workers = _parse_workers(workers)
+        with _progress_bar(target, quiet=quiet) as (on_progress, on_output):
+            supervise(
+                study_name=study_name,
+                url=url,
+                target=target,
+                deadline=time.time() + seconds if seconds else None,
+                workers=n_workers,
+                threads=threads_per_worker(spec, n_workers),
+                on_progress=on_progress,
+                on_output=on_output,
+            )
+
+
+@app.command()
+def status(
+    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    storage: StorageOpt = None,
+    format_: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Counts of trials by state, and the best trial."""
+    with _errors():
+        from sweep.report import study_status
+        from sweep.storage import resolve_url
+
+        fmt = _choice("--format", format_, ("table", "json"))
+        st = study_status(study_name, url=resolve_url(storage))
+        if fmt == "json":
+            out.print_json(json.dumps(st.as_dict()))
+            return
+        for line in st.lines():
+            out.print(line, markup=False)
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise UserError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+@contextlib.contextmanager
+def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """A live bar: trials done of the target, best score, elapsed, ETA; worker lines above it."""
+    if quiet:
+        yield None, (lambda slot, line: err.print(line, markup=False) if line.startswith("error") else None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    bar = Progress(
+        TextColumn("trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    task = bar.add_task("sweep", total=target, best="best -")
+
+    def on_progress(p: Any) -> None:
+        best = f"best {p.best_value:.4g} (#{p.best_number})" if p.best_value is not None else "best -"
+        bar.update(task, completed=p.done, total=p.target, best=best)
+
+    def on_output(slot: int, line: str) -> None:
+        bar.console.print(Text.assemble((f"w{slot} ", "dim"), line), highlight=False)
+
+    with bar:
+        yield on_progress, on_output
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="sweep")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Keras model families: stacked LSTM, stacked GRU and a dense MLP.
+
+Keras is imported inside the functions: importing this module is cheap, and
+only a process that trains pays for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sweep.errors import SpecError
+
+if TYPE_CHECKING:
+    import keras
+
+    from sweep.space import Hyperparams
+
+
+class Family(str, enum.Enum):
+    LSTM = "lstm"
+    GRU = "gru"
+    DENSE = "dense"
+
+
+class Head(str, enum.Enum):
+    """The output layer and loss that fit the task."""
+
+    CLASSIFICATION = "classification"  # softmax over classes, sparse categorical cross-entropy
+    REGRESSION = "regression"  # linear units, mean squared error (also one-step forecasting)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model needs to know about its data."""
+
+    input_shape: tuple[int, ...]  # without the batch axis: (features,) or (steps, features)
+    head: Head
+    n_outputs: int  # classes for classification, targets for regression
+    masked: bool = False  # variable-length sequences padded with PAD_VALUE
+
+
+def check_family(family: Family | str, shape: ModelShape, *, data_name: str) -> None:
+    """Refuse a recurrent family on tabular data, with a one-line reason.
+
+    Raises:
+        SpecError: the family cannot read this data.
+    """
+    family = Family(family)
+    if family is not Family.DENSE and len(shape.input_shape) != 2:
+        raise SpecError(
+            f"model.family: got {family.value!r} but data {data_name!r} is tabular "
+            f"({shape.input_shape[0]} features, no time axis); recurrent families need "
+            "sequences, so use 'dense' or give data.lookback"
+        )
+
+
+def build_model(
+    params: Hyperparams,
+    *,
+    family: Family | str,
+    shape: ModelShape,
+    momentum: float = 0.9,
+    clipnorm: float | None = None,
+    steps_per_execution: int = 1,
+) -> keras.Model:
+    """Build and compile one model for ``params``.
+
+    Recurrent families stack ``n_layers`` layers of ``units`` cells with
+    ``return_sequences`` on all but the last, optional LayerNormalization after
+    each, dropout and L2 kernel regularisation; the dense family is an MLP of
+    the same depth and width (sequences are flattened first).
+    """
+    import keras
+    from keras import layers
+
+    from sweep.data import PAD_VALUE
+
+    family = Family(family)
+    check_family(family, shape, data_name="data")
+    regularizer = keras.regularizers.L2(params.l2) if params.l2 > 0 else None
+
+    inputs = keras.Input(shape=shape.input_shape)
+    x: Any = inputs
+    if family is Family.DENSE:
+        if len(shape.input_shape) > 1:
+            x = layers.Flatten()(x)
+        for _ in range(params.n_layers):
+            x = layers.Dense(params.units, activation=params.activation, kernel_regularizer=regularizer)(x)
+            if params.dropout > 0:
+                x = layers.Dropout(params.dropout)(x)
+    else:
+        if shape.masked:
+            x = layers.Masking(mask_value=PAD_VALUE)(x)
+        cell = layers.LSTM if family is Family.LSTM else layers.GRU
+        for i in range(params.n_layers):
+            last = i == params.n_layers - 1
+            x = cell(
+                params.units,
+                activation=params.activation,
+                return_sequences=not last,
+                kernel_regularizer=regularizer,
+                dropout=params.dropout,
+            )(x)
+            if params.layer_norm and not last:
+                x = layers.LayerNormalization()(x)
+        if params.dropout > 0:
+            x = layers.Dropout(params.dropout)(x)
+
+    if shape.head is Head.CLASSIFICATION:
+        outputs = layers.Dense(shape.n_outputs, activation="softmax")(x)
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    else:
+        outputs = layers.Dense(shape.n_outputs)(x)
+        loss, metrics = "mse", ["mae"]
+    model = keras.Model(inputs, outputs, name=f"sweep_{family.value}")
+    model.compile(
+        optimizer=make_optimizer(params.optimizer, params.learning_rate, momentum=momentum, clipnorm=clipnorm),
+        loss=loss,
+        metrics=metrics,
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
+def make_optimizer(
+    name: str, learning_rate: float, *, momentum: float = 0.9, clipnorm: float | None = None
+) -> keras.optimizers.Optimizer:
+    """One of adam, adamw, nadam, rmsprop or sgd (with momentum)."""
+    import keras
+
+    common: dict[str, Any] = {"learning_rate": learning_rate}
+    if clipnorm is not None:
+        common["clipnorm"] = clipnorm
+    match name:
+        case "adam":
+            return keras.optimizers.Adam(**common)
+        case "adamw":
+            return keras.optimizers.AdamW(**common)
+        case "nadam":
+            return keras.optimizers.Nadam(**common)
+        case "rmsprop":
+            return keras.optimizers.RMSprop(**common)
+        case "sgd":
+            return keras.optimizers.SGD(momentum=momentum, **common)
+    raise SpecError(f"search.optimizer: got {name!r}; allowed: adam, adamw, nadam, rmsprop, sgd")

@@ -1,0 +1,109 @@
+"""What a sweep keeps in the Optuna storage, and how to read it back.
+
+Study user attrs (prefix ``sweep:``): the resolved spec, the data fingerprint,
+the target number of trials, the versions used. Trial user attrs: the
+per-epoch curves of every repeat, the stability summary (numbers as numbers),
+and ``fail_reason`` on failed trials. Non-finite numbers are stored as
+``null`` so every reader of the JSON (optuna-dashboard included) can parse it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from sweep.stability import Summary
+
+SPEC = "sweep:spec"
+FINGERPRINT = "sweep:data_fingerprint"
+DATA = "sweep:data"
+TARGET = "sweep:n_trials"
+VERSIONS = "sweep:versions"
+SPEC_CHANGES = "sweep:spec_changes"
+
+CURVES = "curves"
+FAIL_REASON = "fail_reason"
+DIVERGED_PREFIX = "diverged"
+
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "score",
+    "tail_mean",
+    "tail_std",
+    "best",
+    "degradation",
+    "oscillation",
+    "gap",
+    "repeat_spread",
+    "diagnosis",
+    "hint",
+)
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def compact(values: Iterable[float]) -> list[float | None]:
+    """A curve as JSON-safe floats with 6 significant digits (``None`` for NaN/inf)."""
+    return [float(f"{v:.6g}") if math.isfinite(v) else None for v in values]
+
+
+def expand(values: Sequence[float | None]) -> list[float]:
+    """Inverse of :func:`compact`: ``None`` becomes NaN (a diverged epoch)."""
+    return [math.nan if v is None else float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class StoredCurves:
+    """The curves of one trial as read back from its user attrs."""
+
+    val_loss: list[list[float]]
+    loss: list[list[float]]
+    metric_name: str
+    val_metric: list[list[float]]
+
+    @classmethod
+    def from_attr(cls, raw: dict[str, Any]) -> StoredCurves:
+        return cls(
+            val_loss=[expand(c) for c in raw.get("val_loss", [])],
+            loss=[expand(c) for c in raw.get("loss", [])],
+            metric_name=raw.get("metric_name", ""),
+            val_metric=[expand(c) for c in raw.get("val_metric", [])],
+        )
+
+
+def counts_toward_target(trial: FrozenTrial) -> bool:
+    """Whether a finished trial used up one of the study's ``n_trials``.
+
+    Complete and pruned trials do, and so does a trial that failed because its
+    configuration diverged (that is a result). A trial that failed for an
+    outside reason (interrupted, its worker died, a surplus trial) does not:
+    the sweep runs another in its place.
+    """
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    reason = trial.user_attrs.get(FAIL_REASON)
+    return trial.state == TrialState.FAIL and isinstance(reason, str) and reason.startswith(DIVERGED_PREFIX)
+
+
+def summary_attrs(summary: Summary) -> dict[str, Any]:
+    """The stability summary as user attrs: numbers as numbers, ``None`` for non-finite."""
+    out: dict[str, Any] = {}
+    for key, value in summary.to_attrs().items():
+        out[key] = finite_or_none(value) if isinstance(value, float) else value
+    return out
+
+
+def rescore(curves: StoredCurves, *, risk: float, tail: int) -> dict[str, Any]:
+    """Summary attrs recomputed from stored curves with another ``risk`` or ``tail``."""
+    from sweep.stability import summarize
+
+    train = curves.loss if len(curves.loss) == len(curves.val_loss) else None
+    return summary_attrs(summarize(curves.val_loss, train, tail=tail, risk=risk))

@@ -1,0 +1,274 @@
+"""Reading a sweep back: ``sweep status`` and the stability ranking of ``sweep rank``.
+
+Nothing here imports TensorFlow. The ranking reads the storage with one SQL
+query per table (Optuna's ORM loads every field of every trial, which is too
+slow for 10,000-trial studies), and falls back to Optuna's API for storages
+that are not relational (the gRPC proxy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sweep import records
+from sweep.errors import UserError
+from sweep.spec import PARAM_NAMES, StudySpec, spec_from_dict
+from sweep.storage import load_study, mask
+
+NUMERIC_FIELDS: tuple[str, ...] = (
+    "score",
+    "tail_mean",
+    "tail_std",
+    "best",
+    "degradation",
+    "oscillation",
+    "gap",
+    "repeat_spread",
+)
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
+
+
+@dataclass(frozen=True)
+class RankedTrial:
+    """One row of the ranking."""
+
+    rank: int
+    number: int
+    state: str
+    score: float | None
+    tail_mean: float | None
+    tail_std: float | None
+    best: float | None
+    degradation: float | None
+    oscillation: float | None
+    gap: float | None
+    repeat_spread: float | None
+    diagnosis: str | None
+    hint: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    fail_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Row:
+    number: int
+    state: str
+    params: dict[str, Any]
+    attrs: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    name: str
+    storage: str
+    data: str | None
+    target: int | None
+    counts: dict[str, int]
+    done: int
+    best: RankedTrial | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["best"] = self.best.as_dict() if self.best else None
+        return d
+
+    def lines(self) -> list[str]:
+        out = [f"study    {self.name}", f"storage  {self.storage}"]
+        if self.data:
+            out.append(f"data     {self.data}")
+        out.append(f"done     {self.done} of {self.target if self.target is not None else '-'}")
+        states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+        out.append("trials   " + ", ".join(f"{self.counts.get(s, 0)} {s.lower()}" for s in states))
+        if self.best is None:
+            out.append("best     - (no complete trial yet)")
+        else:
+            b = self.best
+            out.append(f"best     trial {b.number}: score {_fmt(b.score)} ({b.diagnosis})")
+            out.append("         " + " ".join(f"{k}={_fmt(v)}" for k, v in b.params.items()))
+        return out
+
+
+def study_status(study_name: str, *, url: str) -> StudyStatus:
+    """Counts by state, progress toward the target and the best trial; reads only the storage."""
+    study = load_study(study_name, url)
+    rows = _read_rows(study, keys=(*records.SUMMARY_FIELDS, records.FAIL_REASON))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    done = sum(_counts(r) for r in rows)
+    ranked = _rank_rows(rows, by="score", include_all=False)
+    attrs = study.user_attrs
+    return StudyStatus(
+        name=study_name,
+        storage=mask(url),
+        data=attrs.get(records.DATA),
+        target=attrs.get(records.TARGET),
+        counts=counts,
+        done=done,
+        best=ranked[0] if ranked else None,
+    )
+
+
+def _counts(row: _Row) -> bool:
+    if row.state in ("COMPLETE", "PRUNED"):
+        return True
+    reason = row.attrs.get(records.FAIL_REASON)
+    return row.state == "FAIL" and isinstance(reason, str) and reason.startswith(records.DIVERGED_PREFIX)
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def rank(
+    study_name: str,
+    *,
+    url: str,
+    top: int | None = None,
+    by: str = "score",
+    risk: float | None = None,
+    tail: int | None = None,
+    include_all: bool = False,
+) -> list[RankedTrial]:
+    """Trials ranked by stability (lower is better); complete ones before any other.
+
+    ``risk`` and ``tail`` re-score every trial from its stored curves without
+    retraining. Failed and pruned trials are left out unless ``include_all``.
+
+    Raises:
+        UserError: an unknown ``by`` field, or a bad ``risk``/``tail``.
+    """
+    if by not in NUMERIC_FIELDS:
+        raise UserError(f"--by: got {by!r}; allowed: {', '.join(NUMERIC_FIELDS)}")
+    if risk is not None and not (math.isfinite(risk) and risk >= 0):
+        raise UserError(f"--risk: got {risk!r}; allowed: a number >= 0")
+    if tail is not None and tail < 1:
+        raise UserError(f"--tail: got {tail!r}; allowed: an integer >= 1")
+    if top is not None and top < 1:
+        raise UserError(f"--top: got {top!r}; allowed: an integer >= 1")
+    study = load_study(study_name, url)
+    rescore = risk is not None or tail is not None
+    keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON) + ((records.CURVES,) if rescore else ())
+    rows = _read_rows(study, keys=keys)
+    if rescore:
+        spec = _stored_spec(study)
+        rows = [
+            _rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail or spec.stability.tail)
+            for r in rows
+        ]
+    ranked = _rank_rows(rows, by=by, include_all=include_all)
+    return ranked[:top] if top else ranked
+
+
+def _stored_spec(study: Any) -> StudySpec:
+    raw = study.user_attrs.get(records.SPEC)
+    if raw is None:
+        raise UserError(f"study {study.study_name!r} has no sweep spec; it was not created by 'sweep run'")
+    return spec_from_dict(raw, source=f"stored spec of {study.study_name!r}")
+
+
+def _rescore(row: _Row, *, risk: float, tail: int) -> _Row:
+    raw = row.attrs.get(records.CURVES)
+    if not isinstance(raw, dict) or not raw.get("val_loss"):
+        return row
+    attrs = dict(row.attrs)
+    attrs.update(records.rescore(records.StoredCurves.from_attr(raw), risk=risk, tail=tail))
+    return _Row(row.number, row.state, row.params, attrs)
+
+
+def _rank_rows(rows: Sequence[_Row], *, by: str, include_all: bool) -> list[RankedTrial]:
+    chosen = [r for r in rows if include_all or r.state == "COMPLETE"]
+
+    def key(r: _Row) -> tuple[int, int, float, int]:
+        value = r.attrs.get(by)
+        missing = not isinstance(value, int | float) or not math.isfinite(value)
+        return (STATE_ORDER.get(r.state, 9), int(missing), 0.0 if missing else float(value), r.number)
+
+    chosen.sort(key=key)
+    out = []
+    for i, r in enumerate(chosen, start=1):
+        a = r.attrs
+        out.append(
+            RankedTrial(
+                rank=i,
+                number=r.number,
+                state=r.state,
+                **{f: _num(a.get(f)) for f in NUMERIC_FIELDS},
+                diagnosis=a.get("diagnosis"),
+                hint=a.get("hint"),
+                params={k: r.params[k] for k in (*PARAM_NAMES, "layer_norm") if k in r.params},
+                fail_reason=a.get(records.FAIL_REASON),
+            )
+        )
+    return out
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_rows(study: Any, *, keys: Sequence[str]) -> list[_Row]:
+    """Every trial's number, state, params and the user attrs named in ``keys``."""
+    engine = _engine(study)
+    if engine is None:
+        return [
+            _Row(t.number, t.state.name, dict(t.params), {k: t.user_attrs[k] for k in keys if k in t.user_attrs})
+            for t in study.get_trials(deepcopy=False)
+        ]
+    import sqlalchemy as sa
+    from optuna.distributions import json_to_distribution
+
+    study_id = study._study_id
+    with engine.connect() as conn:
+        trials = conn.execute(
+            sa.text("SELECT trial_id, number, state FROM trials WHERE study_id = :s"), {"s": study_id}
+        ).all()
+        by_id = {tid: _Row(int(num), _state(state), {}, {}) for tid, num, state in trials}
+        if not by_id:
+            return []
+        attr_query = sa.text(
+            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key IN :keys"
+        ).bindparams(sa.bindparam("keys", expanding=True))
+        for tid, key, value in conn.execute(attr_query, {"s": study_id, "keys": list(keys)}):
+            by_id[tid].attrs[key] = json.loads(value)
+        param_query = sa.text(
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
+            "JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :s"
+        )
+        distributions: dict[str, Any] = {}
+        for tid, name, value, dist_json in conn.execute(param_query, {"s": study_id}):
+            dist = distributions.get(dist_json)
+            if dist is None:
+                dist = distributions[dist_json] = json_to_distribution(dist_json)
+            by_id[tid].params[name] = dist.to_external_repr(value)
+    return list(by_id.values())
+
+
+def _state(raw: Any) -> str:
+    return str(getattr(raw, "name", raw)).rsplit(".", 1)[-1]
+
+
+def _engine(study: Any) -> Any:
+    """The SQLAlchemy engine behind an RDB storage (also when Optuna wraps it in a cache)."""
+    storage = study._storage
+    storage = getattr(storage, "_backend", storage)
+    return getattr(storage, "engine", None)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

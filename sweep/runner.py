@@ -1,0 +1,427 @@
+"""The study lifecycle: create or resume, check for spec drift, supervise worker processes.
+
+``run_sweep`` validates everything (spec, data, storage URL) before it writes
+anything, then creates the study or resumes it toward its target, and runs
+``workers`` trial processes (:mod:`sweep.worker`) on it. The processes share
+nothing but the storage: this is the same machinery as workers on many
+machines. Each process is replaced after a bounded number of trials or of
+memory growth, so a days-long sweep stays flat in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sweep import records
+from sweep.errors import FatalError, Interrupted, SpecDriftError, SweepError, UserError
+from sweep.spec import StudySpec, spec_from_dict
+from sweep.storage import load_study, mask, open_storage, resolve_url
+
+if TYPE_CHECKING:
+    import optuna
+
+MAX_WORKER_CRASHES = 3
+
+log = logging.getLogger("sweep.runner")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running sweep, handed to the ``on_progress`` callback."""
+
+    done: int
+    target: int | None
+    running: int
+    failed: int
+    best_value: float | None
+    best_number: int | None
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    study_name: str
+    storage: str  # masked
+    target: int | None
+    counts: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+    best_number: int | None = None
+    best_value: float | None = None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def storage_options(spec: StudySpec) -> dict[str, Any]:
+    w = spec.worker
+    return {
+        "heartbeat_interval": w.heartbeat_interval,
+        "grace_period": w.grace_period,
+        "max_retries": w.max_retries,
+    }
+
+
+def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
+    """Load a study created by ``sweep run`` and its stored spec.
+
+    Raises:
+        StudyNotFoundError: no such study.
+        UserError: the study was not created by ``sweep`` (no stored spec).
+    """
+    study = load_study(study_name, url)
+    raw = study.user_attrs.get(records.SPEC)
+    if raw is None:
+        raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
+    spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
+    opts = storage_options(spec)
+    if opts["heartbeat_interval"]:
+        study = load_study(study_name, url, **opts)
+    return study, spec
+
+
+def _load_data(spec: StudySpec) -> Any:
+    """Load and check the data (and its fit with the model family and the splits)."""
+    from sweep.data import load_dataset, make_splits
+    from sweep.model import check_family
+    from sweep.objective import model_shape
+    from sweep.worker import data_kwargs
+
+    dataset = load_dataset(**data_kwargs(spec))
+    check_family(spec.model.family, model_shape(dataset), data_name=spec.data.path or spec.data.source)
+    make_splits(
+        dataset,
+        n_splits=spec.training.repeats,
+        validation_fraction=spec.data.validation_fraction,
+        seed=spec.study.seed or 0,
+    )
+    return dataset
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for package in ("sweep", "optuna", "tensorflow", "keras", "numpy", "scikit-learn"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ between two JSON-shaped dicts."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(spec_diff(a, b, path + "."))
+        elif a != b:
+            out.append(f"{path} ({json.dumps(a)} -> {json.dumps(b)})")
+    return out
+
+
+def prepare_study(
+    spec: StudySpec, *, url: str, allow_spec_change: bool = False
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or check and resume it. Returns (study, created).
+
+    Everything that can be wrong with the user's input is checked before the
+    storage is touched, so a mistake leaves no study behind.
+
+    Raises:
+        DataError, SpecError: bad data or a family that cannot read it.
+        SpecDriftError: the study exists with a different spec (and
+            ``allow_spec_change`` is False).
+    """
+    import optuna
+
+    from sweep.data import describe, fingerprint
+
+    dataset = _load_data(spec)
+    fp = fingerprint(dataset)
+    storage = open_storage(url, **storage_options(spec))
+    name = spec.study.name
+    new = spec.to_json_dict()
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        study = None
+    if study is not None:
+        stored = study.user_attrs.get(records.SPEC)
+        if stored is None:
+            raise UserError(f"study {name!r} already exists in {mask(url)} but was not created by 'sweep run'")
+        old_spec = spec_from_dict(stored, source=f"stored spec of {name!r}")
+        changed = spec_diff(old_spec.drift_view(), spec.drift_view())
+        old_fp = study.user_attrs.get(records.FINGERPRINT)
+        if old_fp != fp:
+            changed.append(f"data fingerprint ({str(old_fp)[:12]} -> {fp[:12]})")
+        if changed and not allow_spec_change:
+            raise SpecDriftError(
+                f"study {name!r} exists with a different spec: {'; '.join(changed)}. "
+                "Old and new trials would not be comparable; use a new study name, "
+                "or pass --allow-spec-change to continue anyway"
+            )
+        if changed:
+            history = list(study.user_attrs.get(records.SPEC_CHANGES, []))
+            history.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), "changed": changed})
+            study.set_user_attr(records.SPEC_CHANGES, history)
+            study.set_user_attr(records.FINGERPRINT, fp)
+        study.set_user_attr(records.SPEC, new)
+        study.set_user_attr(records.TARGET, spec.study.n_trials)
+        return study, False
+
+    directions = ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    study.set_user_attr(records.SPEC, new)
+    study.set_user_attr(records.FINGERPRINT, fp)
+    study.set_user_attr(records.DATA, describe(dataset))
+    study.set_user_attr(records.TARGET, spec.study.n_trials)
+    study.set_user_attr(records.VERSIONS, _versions())
+    study.set_metric_names(
+        ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability score"]
+    )
+    return study, True
+
+
+# --------------------------------------------------------------------------- running
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def threads_per_worker(spec: StudySpec, workers: int) -> int:
+    if isinstance(spec.worker.threads, int):
+        return spec.worker.threads
+    return max(1, default_workers() // max(1, workers))
+
+
+def run_sweep(
+    *,
+    spec: StudySpec,
+    storage: str | None = None,
+    workers: int = 1,
+    allow_spec_change: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_output: Callable[[int, str], None] | None = None,
+) -> SweepResult:
+    """Create or resume ``spec``'s study and run it to its target or time limit.
+
+    ``spec.study.n_trials`` is the study's total: a resumed study runs only the
+    trials it still lacks. Raises :class:`~sweep.errors.Interrupted` after a
+    SIGINT/SIGTERM once every worker has ended its trial as FAIL
+    ``interrupted``.
+    """
+    url = resolve_url(storage, spec.study.storage)
+    study, _ = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+    deadline = time.time() + spec.study.timeout if spec.study.timeout else None
+    supervise(
+        study_name=spec.study.name,
+        url=url,
+        target=spec.study.n_trials,
+        deadline=deadline,
+        workers=workers,
+        threads=threads_per_worker(spec, workers),
+        on_progress=on_progress,
+        on_output=on_output,
+    )
+    return summarize_study(study, url=url)
+
+
+def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    best = _best(trials)
+    return SweepResult(
+        study_name=study.study_name,
+        storage=mask(url),
+        target=study.user_attrs.get(records.TARGET),
+        counts=counts,
+        done=sum(records.counts_toward_target(t) for t in trials),
+        best_number=best.number if best else None,
+        best_value=best.values[0] if best and best.values else None,
+    )
+
+
+def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values]
+    return min(complete, key=lambda t: t.values[0]) if complete else None
+
+
+def supervise(
+    *,
+    study_name: str,
+    url: str,
+    target: int | None,
+    deadline: float | None,
+    workers: int,
+    threads: int,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_output: Callable[[int, str], None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Run ``workers`` worker processes on the study until none has work left.
+
+    A process that asks to be recycled (exit 75) is replaced; one that crashes
+    is replaced up to ``MAX_WORKER_CRASHES`` times in all.
+
+    Raises:
+        Interrupted: after SIGINT/SIGTERM, once the workers have stopped.
+        UserError: a worker refused the study (for example, different data).
+        FatalError: workers keep crashing, or trials keep failing.
+    """
+    from sweep.worker import ENV_URL, EXIT_DONE, EXIT_RECYCLE
+
+    env = {
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "ABSL_MIN_LOG_LEVEL": "3",
+        **os.environ,
+        ENV_URL: url,
+        "PYTHONUNBUFFERED": "1",
+    }
+    procs: dict[int, subprocess.Popen[str]] = {}
+    last_error: dict[int, str] = {}
+    received: list[int] = []
+
+    def start(slot: int) -> None:
+        cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads), "--slot", str(slot)]
+        if target is not None:
+            cmd += ["--target", str(target)]
+        if deadline is not None:
+            cmd += ["--deadline", repr(deadline)]
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        procs[slot] = proc
+        threading.Thread(target=_relay, args=(proc, slot, on_output, last_error), daemon=True).start()
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    crashes = 0
+    failure: SweepError | None = None
+    started = time.time()
+    next_poll = 0.0
+    watched: list[optuna.Study] = []
+    try:
+        for slot in range(workers):
+            start(slot)
+        while procs:
+            for slot, proc in list(procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del procs[slot]
+                if received or failure is not None:
+                    continue
+                if code == EXIT_RECYCLE:
+                    start(slot)
+                elif code == EXIT_DONE:
+                    continue
+                elif code == 2:
+                    failure = UserError(last_error.get(slot, f"worker {slot} refused the study"))
+                    forward(signal.SIGTERM, None)
+                    received.clear()
+                elif crashes < MAX_WORKER_CRASHES and code != 1:
+                    crashes += 1
+                    start(slot)
+                else:
+                    failure = FatalError(last_error.get(slot, f"worker {slot} exited with code {code}"))
+                    forward(signal.SIGTERM, None)
+                    received.clear()
+            if on_progress is not None and time.time() >= next_poll:
+                next_poll = time.time() + poll_s
+                _report(watched, study_name, url, target, started, on_progress)
+            time.sleep(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if on_progress is not None:
+        _report(watched, study_name, url, target, started, on_progress)
+    if received:
+        raise Interrupted(received[0])
+    if failure is not None:
+        raise failure
+
+
+def _report(
+    watched: list[optuna.Study],
+    study_name: str,
+    url: str,
+    target: int | None,
+    started: float,
+    on_progress: Callable[[Progress], None],
+) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        if not watched:
+            watched.append(load_study(study_name, url))
+        trials = watched[0].get_trials(deepcopy=False)
+    except (SQLAlchemyError, SweepError):
+        return
+    best = _best(trials)
+    on_progress(
+        Progress(
+            done=sum(records.counts_toward_target(t) for t in trials),
+            target=target,
+            running=sum(t.state.name == "RUNNING" for t in trials),
+            failed=sum(t.state.name == "FAIL" for t in trials),
+            best_value=best.values[0] if best else None,
+            best_number=best.number if best else None,
+            elapsed=time.time() - started,
+        )
+    )
+
+
+def _relay(
+    proc: subprocess.Popen[str],
+    slot: int,
+    on_output: Callable[[int, str], None] | None,
+    last_error: dict[int, str],
+) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("error: "):
+            last_error[slot] = line.removeprefix("error: ")
+        if on_output is not None:
+            on_output(slot, line)
+        else:
+            log.warning("[worker %d] %s", slot, line)
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the supervisor dies, so no worker outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,598 @@
+"""Study files: TOML -> a frozen, validated :class:`StudySpec`.
+
+A study file has the sections ``[study]``, ``[data]``, ``[model]``, ``[search]``,
+``[training]``, ``[stability]``, ``[sampler]``, ``[pruner]`` and ``[worker]``.
+Every later step reads the frozen spec, never the raw TOML. Every mistake is
+reported as one line naming the field, the value and what is allowed
+(:class:`sweep.errors.SpecError`), before anything is written anywhere.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from sweep.errors import SpecError
+
+PARAM_NAMES: tuple[str, ...] = (
+    "n_layers",
+    "units",
+    "activation",
+    "learning_rate",
+    "optimizer",
+    "batch_size",
+    "dropout",
+    "l2",
+)
+"""The eight searched hyperparameters; each trial records all of them in ``trial.params``."""
+
+ACTIVATIONS: tuple[str, ...] = ("tanh", "relu", "elu", "selu", "gelu", "swish", "sigmoid", "softsign")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "nadam", "rmsprop", "sgd")
+FAMILIES: tuple[str, ...] = ("lstm", "gru", "dense")
+SOURCES: tuple[str, ...] = ("digits", "mackey_glass", "breast_cancer", "diabetes", "csv", "npz")
+TASKS: tuple[str, ...] = ("classification", "regression", "forecast")
+
+DEFAULT_STORAGE = "sqlite:///sweep.db"
+"""Where a study lives when neither ``--storage``, ``SWEEP_STORAGE`` nor the study file says."""
+
+DRIFT_SECTIONS: tuple[str, ...] = ("data", "model", "search", "training", "stability")
+"""Sections whose change makes old and new trials incomparable (checked on resume)."""
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A hyperparameter held constant (still recorded in ``trial.params``)."""
+
+    value: Any
+
+    def to_raw(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical search over ``values``."""
+
+    values: tuple[Any, ...]
+
+    def to_raw(self) -> Any:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An int or float range, inclusive, optionally on a log scale or with a step."""
+
+    low: float
+    high: float
+    integer: bool
+    log: bool = False
+    step: float | None = None
+
+    def to_raw(self) -> Any:
+        raw: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            raw["step"] = self.step
+        return raw
+
+
+Param = Fixed | Choice | Range
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: Literal["int", "float", "str", "bool"]
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_min: bool = False
+    exclusive_max: bool = False
+    allowed: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "str":
+            return "one of " + ", ".join(self.allowed)
+        if self.kind == "bool":
+            return "true or false"
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'>' if self.exclusive_min else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"{'<' if self.exclusive_max else '<='} {self.maximum:g}")
+        noun = "an integer" if self.kind == "int" else "a number"
+        return noun + (" " + " and ".join(parts) if parts else "")
+
+
+_RULES: dict[str, _Rule] = {
+    "n_layers": _Rule("int", 1, 16),
+    "units": _Rule("int", 1, 4096),
+    "activation": _Rule("str", allowed=ACTIVATIONS),
+    "learning_rate": _Rule("float", 0, 10, exclusive_min=True),
+    "optimizer": _Rule("str", allowed=OPTIMIZERS),
+    "batch_size": _Rule("int", 1, 1 << 16),
+    "dropout": _Rule("float", 0, 1, exclusive_max=True),
+    "l2": _Rule("float", 0, 1),
+    "layer_norm": _Rule("bool"),
+}
+
+_ALLOWED_FORMS = "a constant, a list of choices, or a range {low, high, log, step}"
+
+
+def _scalar(name: str, value: Any) -> Any:
+    """Check one value against the parameter's rule and return it normalised."""
+    rule = _RULES[name]
+    if rule.kind == "str":
+        if not isinstance(value, str) or value not in rule.allowed:
+            raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+        return value
+    if rule.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+    if rule.kind == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+    too_low = rule.minimum is not None and (
+        value <= rule.minimum if rule.exclusive_min else value < rule.minimum
+    )
+    too_high = rule.maximum is not None and (
+        value >= rule.maximum if rule.exclusive_max else value > rule.maximum
+    )
+    if too_low or too_high:
+        raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
+    return value
+
+
+def parse_param(name: str, raw: Any) -> Param:
+    """Turn one ``[search]`` entry into a :class:`Fixed`, :class:`Choice` or :class:`Range`.
+
+    Raises:
+        ValueError: with a message naming the value and what is allowed.
+    """
+    rule = _RULES[name]
+    if isinstance(raw, Fixed | Choice | Range):
+        return raw
+    if isinstance(raw, list | tuple):
+        if not raw:
+            raise ValueError(f"got an empty list; give at least one choice ({rule.describe()})")
+        values = tuple(_scalar(name, v) for v in raw)
+        if len(set(values)) != len(values):
+            raise ValueError(f"got {list(raw)!r}; choices must be distinct")
+        return Fixed(values[0]) if len(values) == 1 else Choice(values)
+    if isinstance(raw, dict):
+        if rule.kind not in ("int", "float"):
+            raise ValueError(f"got a range {raw!r}; {name} takes a constant or a list of choices")
+        unknown = set(raw) - {"low", "high", "log", "step"}
+        if unknown:
+            raise ValueError(
+                f"unknown range key {sorted(unknown)[0]!r}; allowed keys: low, high, log, step"
+            )
+        if "low" not in raw or "high" not in raw:
+            raise ValueError(f"got {raw!r}; a range needs both 'low' and 'high'")
+        low, high = _scalar(name, raw["low"]), _scalar(name, raw["high"])
+        log = raw.get("log", False)
+        if not isinstance(log, bool):
+            raise ValueError(f"got log={log!r}; allowed: true or false")
+        step = raw.get("step")
+        if low > high:
+            raise ValueError(f"got low={low!r}, high={high!r}; low must be <= high")
+        if low == high:
+            raise ValueError(
+                f"got low={low!r}, high={high!r}; the range is empty (write the constant {low!r} instead)"
+            )
+        if log and low <= 0:
+            raise ValueError(f"got low={low!r} with log=true; a log range needs low > 0")
+        if step is not None:
+            if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
+                raise ValueError(f"got step={step!r}; allowed: a number > 0")
+            if log:
+                raise ValueError("got both log=true and a step; use one or the other")
+            if rule.kind == "int" and not float(step).is_integer():
+                raise ValueError(f"got step={step!r}; {name} takes an integer step")
+            step = int(step) if rule.kind == "int" else float(step)
+        return Range(low=low, high=high, integer=rule.kind == "int", log=log, step=step)
+    try:
+        return Fixed(_scalar(name, raw))
+    except ValueError as exc:
+        raise ValueError(f"{exc} (as {_ALLOWED_FORMS})") from None
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``3600``, ``"90m"``, ``"2h"``, ``"1.5d"``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"got {value!r}; allowed: seconds or a duration like '90m', '2h', '1d'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"got {value!r}; allowed: seconds or a duration like '90m', '2h', '1d'")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"got {value!r}; a time limit must be > 0")
+    return seconds
+
+
+class StudySection(_Section):
+    name: str
+    storage: str | None = None
+    seed: int | None = None
+    n_trials: int | None = Field(default=None, ge=1)
+    timeout: float | None = None
+    objective: Literal["score", "pareto"] = "score"
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,255}", value):
+            raise ValueError(
+                f"got {value!r}; allowed: 1-256 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _budget(self) -> StudySection:
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError(
+                "set n_trials or timeout (or both) so the sweep knows when to stop "
+                "(in the file, or with --n-trials / --timeout)"
+            )
+        return self
+
+
+class DataSection(_Section):
+    source: Literal["digits", "mackey_glass", "breast_cancer", "diabetes", "csv", "npz"]
+    path: str | None = None
+    features: tuple[str, ...] | None = None
+    target: str | tuple[str, ...] | None = None
+    task: Literal["classification", "regression", "forecast"] | None = None
+    lookback: int | None = Field(default=None, ge=1)
+    horizon: int = Field(default=1, ge=1)
+    group: str | None = None
+    length: int | None = Field(default=None, ge=50)
+    validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _files(self) -> DataSection:
+        if self.source in ("csv", "npz"):
+            if self.path is None:
+                raise ValueError(f"source '{self.source}' needs data.path (the file to read)")
+            if self.task is None:
+                raise ValueError(
+                    f"source '{self.source}' needs data.task; allowed: {', '.join(TASKS)}"
+                )
+        return self
+
+
+class ModelSection(_Section):
+    family: Literal["lstm", "gru", "dense"]
+
+
+class SearchSection(_Section):
+    n_layers: Any = Field(default_factory=lambda: Range(1, 2, integer=True))
+    units: Any = Field(default_factory=lambda: Range(16, 128, integer=True, log=True))
+    activation: Any = Field(default_factory=lambda: Fixed("tanh"))
+    learning_rate: Any = Field(default_factory=lambda: Range(1e-4, 1e-2, integer=False, log=True))
+    optimizer: Any = Field(default_factory=lambda: Fixed("adam"))
+    batch_size: Any = Field(default_factory=lambda: Choice((32, 64, 128)))
+    dropout: Any = Field(default_factory=lambda: Range(0.0, 0.5, integer=False))
+    l2: Any = Field(default_factory=lambda: Fixed(0.0))
+    layer_norm: Any = Field(default_factory=lambda: Fixed(False))
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse(cls, raw: Any, info: Any) -> Param:
+        return parse_param(info.field_name, raw)
+
+    @field_serializer("*")
+    def _dump(self, value: Param) -> Any:
+        return value.to_raw()
+
+    def params(self) -> dict[str, Param]:
+        """Every searchable parameter (the eight names plus ``layer_norm``) by name."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+
+class TrainingSection(_Section):
+    max_epochs: int = Field(default=30, ge=1, le=100_000)
+    patience: int = Field(default=5, ge=0)
+    repeats: int = Field(default=3, ge=1, le=50)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    clipnorm: float | None = Field(default=None, gt=0.0)
+    steps_per_execution: int = Field(default=1, ge=1, le=1024)
+
+
+class StabilitySection(_Section):
+    tail: int = Field(default=5, ge=1)
+    risk: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+
+
+class SamplerSection(_Section):
+    name: Literal["tpe", "random", "qmc", "nsga2"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0)
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+class PrunerSection(_Section):
+    name: Literal["median", "percentile", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=5, ge=0)
+    percentile: float = Field(default=25.0, gt=0.0, lt=100.0)
+    min_resource: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+class WorkerSection(_Section):
+    """How a worker process runs; none of it changes results, so it is not drift-checked."""
+
+    max_trials: int = Field(default=50, ge=1)
+    max_memory_growth_mb: float = Field(default=100.0, gt=0.0)
+    threads: int | Literal["auto"] = "auto"
+    heartbeat_interval: int = Field(default=30, ge=1)
+    grace_period: int = Field(default=120, ge=2)
+    max_retries: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _grace(self) -> WorkerSection:
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(
+                f"got grace_period={self.grace_period} with heartbeat_interval={self.heartbeat_interval}; "
+                "grace_period must be longer than heartbeat_interval"
+            )
+        return self
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"got {value!r}; allowed: 'auto' or an integer >= 1")
+        return value
+
+
+class StudySpec(_Section):
+    """A whole study file, validated and frozen."""
+
+    study: StudySection
+    data: DataSection
+    model: ModelSection
+    search: SearchSection = Field(default_factory=SearchSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    stability: StabilitySection = Field(default_factory=StabilitySection)
+    sampler: SamplerSection = Field(default_factory=SamplerSection)
+    pruner: PrunerSection = Field(default_factory=PrunerSection)
+    worker: WorkerSection = Field(default_factory=WorkerSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pareto_defaults(cls, raw: Any) -> Any:
+        study, pruner = (raw.get("study"), raw.get("pruner")) if isinstance(raw, dict) else (None, None)
+        if isinstance(study, dict) and study.get("objective") == "pareto":
+            if pruner is None:
+                raw = {**raw, "pruner": {"name": "none"}}
+            elif isinstance(pruner, dict) and "name" not in pruner:
+                raw = {**raw, "pruner": {**pruner, "name": "none"}}
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        if self.study.objective == "pareto" and self.pruner.name != "none":
+            raise _FieldError(
+                ("pruner", "name"),
+                f"got {self.pruner.name!r} with study.objective = 'pareto'; "
+                "Optuna cannot prune multi-objective studies, so use 'none'",
+            )
+        if self.study.objective == "score" and self.sampler.name == "nsga2":
+            raise _FieldError(
+                ("sampler", "name"),
+                "got 'nsga2' with study.objective = 'score'; nsga2 is for 'pareto', "
+                "use tpe, random or qmc",
+            )
+        if self.data.source == "mackey_glass" and self.data.task not in (None, "forecast"):
+            raise _FieldError(("data", "task"), f"got {self.data.task!r}; mackey_glass is 'forecast'")
+        return self
+
+    def drift_view(self) -> dict[str, Any]:
+        """The parts of the spec that must not change when a study is resumed."""
+        dumped = self.to_json_dict()
+        view = {section: dumped[section] for section in DRIFT_SECTIONS}
+        view["study.objective"] = dumped["study"]["objective"]
+        return view
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict that :func:`spec_from_dict` turns back into an equal spec.
+
+        The storage URL is left out: it may carry a password, and the storage
+        that holds the spec is where the study lives anyway.
+        """
+        dumped = self.model_dump(mode="json")
+        dumped["study"].pop("storage", None)
+        return dumped
+
+
+class _FieldError(Exception):
+    """A cross-field error that belongs to a specific field (pydantic lets it through)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def spec_from_dict(raw: Mapping[str, Any], *, source: str = "study spec") -> StudySpec:
+    """Validate a raw (TOML-shaped) dict.
+
+    Raises:
+        SpecError: one line naming the field, the value and what is allowed.
+    """
+    try:
+        return StudySpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_one_line(exc, raw)}") from None
+    except _FieldError as exc:
+        raise SpecError(f"{source}: {'.'.join(exc.loc)}: {exc}") from None
+
+
+def load_spec(
+    path: str | Path,
+    *,
+    overrides: Iterable[str] = (),
+    updates: Mapping[str, Any] | None = None,
+) -> StudySpec:
+    """Read a study file, apply ``--set`` overrides and typed updates, validate.
+
+    Args:
+        path: the TOML study file. Relative data paths in it are resolved
+            against the file's folder.
+        overrides: ``SECTION.KEY=VALUE`` strings; VALUE is read as TOML when it
+            parses (``3``, ``[16, 32]``, ``{low = 1, high = 3}``, ``true``) and as
+            a plain string otherwise.
+        updates: ``{"study.n_trials": 5}``-style typed values from CLI flags.
+
+    Raises:
+        SpecError: the file is missing or malformed, or a field is invalid.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"{file}: study file not found")
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{file}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{file}: not a UTF-8 text file") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(raw, key, value, origin=f"--set {item}")
+    for key, value in (updates or {}).items():
+        if value is not None:
+            _set_path(raw, key, value, origin=f"--{key.split('.')[-1].replace('_', '-')}")
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data_path = Path(data["path"]).expanduser()
+        if not data_path.is_absolute():
+            data["path"] = str((file.parent / data_path).resolve())
+    return spec_from_dict(raw, source=str(file))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"training.max_epochs=3"`` -> ``("training.max_epochs", 3)``."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", key):
+        raise SpecError(
+            f"--set {item!r}: expected SECTION.KEY=VALUE, for example training.max_epochs=10"
+        )
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return key, value
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any, *, origin: str) -> None:
+    node: Any = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise SpecError(f"{origin}: {where} is {child!r}, not a table, so it has no key {parts[i + 1]!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _one_line(exc: ValidationError, raw: Mapping[str, Any]) -> str:
+    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(str(p) for p in first["loc"])
+    where = ".".join(loc) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = _unknown_key(loc)
+    elif kind == "missing":
+        message = "required but missing"
+    else:
+        message = first["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            if message.startswith(prefix):
+                message = message[len(prefix) :]
+        if not message.startswith("got ") and "input" in first and kind not in ("value_error",):
+            message = f"got {_show(first['input'])}; {_allowed(message)}"
+    more = len(errors) - 1
+    return f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _allowed(message: str) -> str:
+    message = message[0].lower() + message[1:]
+    return "allowed: " + message.removeprefix("input should be ") if message.startswith("input should be ") else message
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, dict | list) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unknown_key(loc: tuple[str, ...]) -> str:
+    model: type[BaseModel] | None = StudySpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    key = loc[-1]
+    if model is None:
+        return f"unknown key {key!r}"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    section = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+    return f"unknown key {key!r}{hint} (allowed in {section}: {', '.join(allowed)})"

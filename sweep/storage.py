@@ -1,0 +1,163 @@
+"""Storage URLs, password masking, and opening Optuna storages safely.
+
+SQLite is the embedded default for one machine; PostgreSQL
+(``postgresql+psycopg://``) and MySQL/MariaDB (``mysql+pymysql://``) serve many.
+Only this module turns storage failures into :class:`~sweep.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweep.errors import StorageError, StudyNotFoundError, UserError
+from sweep.spec import DEFAULT_STORAGE
+
+if TYPE_CHECKING:
+    import optuna
+
+ENV_STORAGE = "SWEEP_STORAGE"
+SQLITE_TIMEOUT_S = 60.0
+"""How long a SQLite writer waits for another process's lock before failing."""
+
+
+def resolve_url(cli_url: str | None, spec_url: str | None = None) -> str:
+    """The storage to use: ``--storage``, else ``$SWEEP_STORAGE``, else the study file, else ``sqlite:///sweep.db``."""
+    for candidate in (cli_url, os.environ.get(ENV_STORAGE), spec_url, DEFAULT_STORAGE):
+        if candidate:
+            return _normalise(candidate)
+    raise AssertionError("unreachable")
+
+
+def mask(url: str) -> str:
+    """The URL with its password replaced by ``***``; safe to print and log."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def _normalise(url: str) -> str:
+    url = url.strip()
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    elif url.startswith("mysql://"):
+        url = "mysql+pymysql://" + url.split("://", 1)[1]
+    if not url.startswith(("sqlite:", "postgresql", "mysql", "grpc://")):
+        raise UserError(
+            f"--storage: got {mask(url)!r}; allowed: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB, "
+            "mysql+pymysql://USER@HOST/DB"
+        )
+    return url
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    max_retries: int = 0,
+    create: bool = True,
+) -> optuna.storages.BaseStorage:
+    """Open the storage behind ``url`` with heartbeats, pooling and lock timeouts set.
+
+    Args:
+        create: create the tables (and the SQLite file) when missing. Reading
+            commands pass False so that a mistyped path is an error, not a new
+            empty database.
+
+    Raises:
+        StorageError: the storage cannot be reached or is not an Optuna storage.
+        UserError: a SQLite file that should exist does not.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if url.startswith("grpc://"):
+        host, _, port = url.removeprefix("grpc://").rpartition(":")
+        try:
+            return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
+        except Exception as exc:  # grpc raises its own error types
+            raise StorageError(f"cannot reach the storage proxy {url}: {exc}") from None
+
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = _sqlite_path(url)
+        if path is not None:
+            if not create and not path.exists():
+                raise UserError(f"--storage: SQLite file '{path}' does not exist")
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            _enable_wal(path)
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    else:
+        engine_kwargs.update(pool_pre_ping=True, pool_recycle=3600)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = (
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+                if heartbeat_interval and max_retries > 0
+                else None
+            )
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
+    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"cannot open storage {mask(url)}: {_scrub(reason, url)}") from None
+
+
+def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
+    """Load an existing study.
+
+    Raises:
+        StudyNotFoundError: no study of that name; the message lists the ones there are.
+    """
+    import optuna
+
+    storage = open_storage(url, create=False, **storage_kwargs)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+        raise StudyNotFoundError(
+            f"study {name!r} not found in {mask(url)}; studies there: {listed}"
+        ) from None
+
+
+def _sqlite_path(url: str) -> Path | None:
+    rest = url.split(":///", 1)[1] if ":///" in url else ""
+    if not rest or rest.startswith(":memory:"):
+        return None
+    return Path(rest.split("?", 1)[0])
+
+
+def _enable_wal(path: Path) -> None:
+    """Switch the SQLite file to write-ahead logging so readers never block the writer."""
+    try:
+        with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open SQLite file '{path}': {exc}") from None
+
+
+def _scrub(text: str, url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text

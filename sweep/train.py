@@ -1,0 +1,198 @@
+"""Fitting one model: per-epoch curves, early stopping, pruning, non-finite losses.
+
+This is the only module that imports TensorFlow/Keras at call time.
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweep.data import Prepared
+    from sweep.model import Family, ModelShape
+    from sweep.space import Hyperparams
+
+EpochHook = Callable[[int, float], bool]
+"""Called after each epoch with (epoch, val_loss); returning True stops training (pruning)."""
+
+
+class Stop(str, enum.Enum):
+    """Why a repeat's training ended."""
+
+    COMPLETED = "completed"  # ran max_epochs
+    EARLY_STOPPED = "early_stopped"  # patience ran out
+    PRUNED = "pruned"  # the epoch hook asked to stop
+    DIVERGED = "diverged"  # a loss became NaN or infinite
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The per-epoch history of one trained model."""
+
+    loss: tuple[float, ...]
+    val_loss: tuple[float, ...]
+    metric: tuple[float, ...] = ()
+    val_metric: tuple[float, ...] = ()
+    metric_name: str = ""
+    stop: Stop = Stop.COMPLETED
+    seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.val_loss)
+
+
+def import_tensorflow() -> Any:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probing, oneDNN notices) silenced.
+
+    Errors still surface: a failed import raises after stderr is restored.
+    """
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401  (keras 3 initialises its backend on import)
+            import tensorflow as tf
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return tf
+
+
+def configure_threads(threads: int) -> None:
+    """Size TensorFlow's thread pools; must run before TensorFlow does any work."""
+    tf = import_tensorflow()
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:  # already initialised in this process: keep what it has
+        pass
+
+
+def fit_repeat(
+    params: Hyperparams,
+    *,
+    family: Family | str,
+    shape: ModelShape,
+    data: Prepared,
+    max_epochs: int,
+    patience: int,
+    seed: int,
+    momentum: float = 0.9,
+    clipnorm: float | None = None,
+    steps_per_execution: int = 1,
+    on_epoch: EpochHook | None = None,
+    keep_model: bool = False,
+) -> tuple[Curves, Any]:
+    """Train one model and return its curves (and the model when ``keep_model``).
+
+    Early stopping watches ``val_loss`` with ``patience`` epochs (0 turns it
+    off). A non-finite training or validation loss stops training at once and
+    the curves end with that value, ``stop == Stop.DIVERGED``.
+    """
+    import keras
+
+    from sweep.model import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(
+        params,
+        family=family,
+        shape=shape,
+        momentum=momentum,
+        clipnorm=clipnorm,
+        steps_per_execution=steps_per_execution,
+    )
+    recorder = _Recorder(on_epoch)
+    callbacks: list[Any] = [recorder.callback()]
+    early = None
+    if patience > 0:
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, mode="min")
+        callbacks.append(early)
+    start = time.perf_counter()
+    model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_valid, data.y_valid),
+        epochs=max_epochs,
+        batch_size=params.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    seconds = time.perf_counter() - start
+    if recorder.diverged:
+        stop = Stop.DIVERGED
+    elif recorder.pruned:
+        stop = Stop.PRUNED
+    elif early is not None and early.stopped_epoch > 0:
+        stop = Stop.EARLY_STOPPED
+    else:
+        stop = Stop.COMPLETED
+    curves = Curves(
+        loss=tuple(recorder.history.get("loss", ())),
+        val_loss=tuple(recorder.history.get("val_loss", ())),
+        metric=tuple(recorder.history.get(recorder.metric, ())),
+        val_metric=tuple(recorder.history.get("val_" + recorder.metric, ())),
+        metric_name=recorder.metric,
+        stop=stop,
+        seconds=seconds,
+    )
+    return curves, (model if keep_model else None)
+
+
+def release() -> None:
+    """Drop Keras' global state between trials (the worker is still recycled: see runner)."""
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    gc.collect()
+
+
+class _Recorder:
+    """Collects each epoch's logs; stops training on a non-finite loss or when the hook says so."""
+
+    def __init__(self, on_epoch: EpochHook | None) -> None:
+        self.on_epoch = on_epoch
+        self.history: dict[str, list[float]] = {}
+        self.metric = ""
+        self.diverged = False
+        self.pruned = False
+
+    def callback(self) -> Any:
+        import keras
+
+        owner = self
+
+        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                owner.epoch_end(epoch, logs or {}, self.model)
+
+        return Callback()
+
+    def epoch_end(self, epoch: int, logs: dict[str, Any], model: Any) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        if not self.metric:
+            self.metric = next((k for k in ("accuracy", "mae") if k in logs), "")
+        val = float(logs.get("val_loss", math.nan))
+        if not (math.isfinite(val) and math.isfinite(float(logs.get("loss", math.nan)))):
+            self.diverged = True
+            model.stop_training = True
+            return
+        if self.on_epoch is not None and self.on_epoch(epoch, val):
+            self.pruned = True
+            model.stop_training = True

@@ -1,0 +1,324 @@
+"""A trial-running process: ``python -m sweep.worker STUDY --target N``.
+
+The supervisor (:mod:`sweep.runner`) starts these and replaces each one after
+``worker.max_trials`` trials or ``worker.max_memory_growth_mb`` of RSS growth,
+because TensorFlow's memory is not returned between trials even after
+``clear_session()``. This process reads everything it needs from the storage
+(the URL comes in the environment, never on the command line where ``ps``
+shows it): the spec, the data fingerprint, the target.
+
+Exit codes: 0 nothing left to do; 75 recycle me; 2 a user error (such as
+different data); 130/143 interrupted by SIGINT/SIGTERM; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sweep import records
+from sweep.errors import DataError, FatalError, Interrupted, SweepError, TrialFailed
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweep.spec import StudySpec
+
+EXIT_DONE = 0
+EXIT_RECYCLE = 75
+ENV_URL = "SWEEP_WORKER_STORAGE"
+MAX_CONSECUTIVE_FAILURES = 3
+POLL_S = 2.0
+
+log = logging.getLogger("sweep.worker")
+
+
+class _Surplus(TrialFailed):
+    """This trial was started after the study reached its target (a race between workers)."""
+
+
+@dataclass
+class _Signals:
+    """First SIGINT/SIGTERM: stop after ending the current trial as FAIL ``interrupted``; second: exit now."""
+
+    signum: int | None = None
+    training: bool = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.training:
+            raise Interrupted(signum)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux ``/proc``; 0.0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    s = spec.sampler
+    match s.name:
+        case "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        case "qmc":
+            return optuna.samplers.QMCSampler(seed=seed)
+        case "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=s.n_startup_trials,
+        multivariate=s.multivariate,
+        constant_liar=s.constant_liar,
+    )
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    import optuna
+
+    p = spec.pruner
+    match p.name:
+        case "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+        case "percentile":
+            return optuna.pruners.PercentilePruner(
+                p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+            )
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=p.min_resource,
+                max_resource=spec.training.max_epochs,
+                reduction_factor=p.reduction_factor,
+            )
+    return optuna.pruners.NopPruner()
+
+
+def run_worker(
+    *,
+    study_name: str,
+    url: str,
+    target: int | None,
+    deadline: float | None,
+    threads: int,
+    slot: int = 0,
+) -> int:
+    """Run trials until the target, the deadline, or a recycle point; return an exit code."""
+    signals = _Signals()
+    signals.install()
+    from sweep.runner import open_sweep
+
+    study, spec = open_sweep(study_name, url)
+    target = target if target is not None else study.user_attrs.get(records.TARGET)
+
+    from sweep.data import load_dataset
+    from sweep.objective import Objective
+    from sweep.train import configure_threads
+
+    dataset = load_dataset(**data_kwargs(spec))
+    _check_data(study, spec, dataset)
+    configure_threads(threads)
+    objective = Objective(spec, dataset)
+
+    base_seed = spec.study.seed
+    existing = len(study.get_trials(deepcopy=False))
+    seed = None if base_seed is None else base_seed + 7919 * existing + slot
+    study.sampler = make_sampler(spec, seed=seed)
+    study.pruner = make_pruner(spec)
+
+    def before_trial(trial: optuna.Trial) -> None:
+        if target is None:
+            return
+        ahead = sum(
+            1
+            for t in study.get_trials(deepcopy=False)
+            if t.number < trial.number and (records.counts_toward_target(t) or t.state.name == "RUNNING")
+        )
+        if ahead >= target:
+            trial.set_user_attr(records.FAIL_REASON, "surplus: the study had reached its target")
+            raise _Surplus("the study reached its target while this trial was being created")
+
+    objective.before_trial = before_trial
+    failures = 0
+    baseline: float | None = None
+    done_here = 0
+    while _has_room(study, target=target, deadline=deadline, signals=signals):
+        finished: list[optuna.trial.FrozenTrial] = []
+        study.optimize(
+                _guarded(objective, signals),
+                n_trials=1,
+                catch=(TrialFailed,),
+                callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
+                gc_after_trial=False,
+        )
+        signals.check()
+        done_here += 1
+        trial = finished[-1] if finished else None
+        if trial is not None and trial.state.name == "FAIL" and not records.counts_toward_target(trial):
+            reason = trial.user_attrs.get(records.FAIL_REASON, "unknown")
+            if not str(reason).startswith("surplus"):
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise FatalError(
+                        f"{failures} trials in a row failed; the last (trial {trial.number}): {reason}"
+                    )
+        else:
+            failures = 0
+        memory = rss_mb()
+        baseline = memory if baseline is None else baseline
+        if done_here >= spec.worker.max_trials or memory - baseline > spec.worker.max_memory_growth_mb:
+            log.info("recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory, memory - baseline)
+            return EXIT_RECYCLE
+    return EXIT_DONE
+
+
+def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    attrs = trial.user_attrs
+    seconds = attrs.get("train_seconds")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    state = trial.state.name
+    if state == "COMPLETE":
+        detail = f"score {attrs.get('score', float('nan')):.4g}, {attrs.get('diagnosis', '?')}"
+    elif state == "PRUNED":
+        detail = f"at epoch {attrs.get('pruned_at_epoch', '?')}"
+    else:
+        detail = str(attrs.get(records.FAIL_REASON, "unknown reason"))
+    log.info("trial %d %s: %s%s", trial.number, state.lower(), detail, took)
+
+
+def _guarded(objective: Any, signals: _Signals) -> Any:
+    """Make the objective interruptible, and record the reason of an unexpected error on the trial."""
+    import optuna
+
+    def run(trial: optuna.Trial) -> Any:
+        signals.training = True
+        try:
+            signals.check()
+            return objective(trial)
+        except Interrupted:
+            trial.set_user_attr(records.FAIL_REASON, "interrupted")
+            raise
+        except (TrialFailed, optuna.TrialPruned):
+            raise
+        except SweepError as exc:
+            trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
+            raise TrialFailed(str(exc)) from exc
+        except Exception as exc:
+            trial.set_user_attr(records.FAIL_REASON, f"error: {type(exc).__name__}: {exc}"[:500])
+            raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            signals.training = False
+
+    return run
+
+
+def _has_room(
+    study: optuna.Study, *, target: int | None, deadline: float | None, signals: _Signals
+) -> bool:
+    """Wait until a trial may start; False once the target or the deadline is reached."""
+    from optuna.storages import fail_stale_trials
+
+    while True:
+        signals.check()
+        if deadline is not None and time.time() >= deadline:
+            return False
+        if target is None:
+            return True
+        trials = study.get_trials(deepcopy=False)
+        counted = sum(records.counts_toward_target(t) for t in trials)
+        if counted >= target:
+            return False
+        running = sum(t.state.name == "RUNNING" for t in trials)
+        if counted + running < target:
+            return True
+        fail_stale_trials(study)
+        time.sleep(POLL_S)
+
+
+def data_kwargs(spec: StudySpec) -> dict[str, Any]:
+    d = spec.data
+    return {
+        "source": d.source,
+        "path": d.path,
+        "features": d.features,
+        "target": d.target,
+        "task": d.task,
+        "lookback": d.lookback,
+        "horizon": d.horizon,
+        "group": d.group,
+        "length": d.length,
+    }
+
+
+def _check_data(study: optuna.Study, spec: StudySpec, dataset: Any) -> None:
+    from sweep.data import fingerprint
+
+    expected = study.user_attrs.get(records.FINGERPRINT)
+    actual = fingerprint(dataset)
+    if expected is not None and actual != expected:
+        raise DataError(
+            f"data: the data this worker loaded ({spec.data.source}"
+            f"{' ' + spec.data.path if spec.data.path else ''}) has fingerprint {actual[:12]}, "
+            f"but study {study.study_name!r} was created on {str(expected)[:12]}; "
+            "refusing to train on different data"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep.worker")
+    parser.add_argument("study")
+    parser.add_argument("--target", type=int)
+    parser.add_argument("--deadline", type=float)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--slot", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    log.setLevel(logging.INFO)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    url = os.environ.get(ENV_URL)
+    if not url:
+        print(f"error: {ENV_URL} is not set", file=sys.stderr)
+        return 2
+    try:
+        return run_worker(
+            study_name=args.study,
+            url=url,
+            target=args.target,
+            deadline=args.deadline,
+            threads=args.threads,
+            slot=args.slot,
+        )
+    except Interrupted as exc:
+        return exc.exit_code
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweep.stability import HINTS, RULES, Diagnosis, Summary, summarize
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+Curves = list[list[float]]
+
+loss = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
+curve = st.lists(loss, min_size=1, max_size=12)
+tails = st.integers(min_value=1, max_value=8)
+
+
+@st.composite
+def trials(draw: st.DrawFn) -> tuple[Curves, Curves | None]:
+    n_repeats = draw(st.integers(min_value=1, max_value=4))
+    vals = draw(st.lists(curve, min_size=n_repeats, max_size=n_repeats))
+    if not draw(st.booleans()):
+        return vals, None
+    trains = [draw(st.lists(loss, min_size=len(v), max_size=len(v))) for v in vals]
+    return vals, trains
+
+
+NUMERIC_FIELDS = ("tail_mean", "tail_std", "best", "degradation", "oscillation", "repeat_spread")
+
+
+def approx(x: float) -> object:
+    return pytest.approx(x, rel=1e-9, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=150, deadline=None)
+@given(trial=trials(), shift=st.floats(min_value=-50.0, max_value=50.0), tail=tails)
+def test_shifting_val_shifts_level_and_keeps_spread(
+    trial: tuple[Curves, Curves | None], shift: float, tail: int
+) -> None:
+    vals, trains = trial
+    before = summarize(vals, trains, tail=tail)
+    after = summarize([[x + shift for x in v] for v in vals], trains, tail=tail)
+    assert after.tail_mean == approx(before.tail_mean + shift)
+    assert after.best == approx(before.best + shift)
+    assert after.score == approx(before.score + shift)
+    for name in ("tail_std", "oscillation", "degradation", "repeat_spread"):
+        assert getattr(after, name) == approx(getattr(before, name)), name
+    if trains is None:
+        assert after.gap is None
+    else:
+        assert before.gap is not None
+        assert after.gap == approx(before.gap + shift)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    trial=trials(),
+    risks=st.lists(st.floats(min_value=0.0, max_value=100.0), min_size=2, max_size=2),
+    tail=tails,
+)
+def test_score_is_non_decreasing_in_risk(
+    trial: tuple[Curves, Curves | None], risks: list[float], tail: int
+) -> None:
+    vals, trains = trial
+    low, high = sorted(risks)
+    assert (
+        summarize(vals, trains, tail=tail, risk=low).score
+        <= summarize(vals, trains, tail=tail, risk=high).score
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(trial=trials(), data=st.data(), tail=tails)
+def test_order_of_repeats_changes_nothing(
+    trial: tuple[Curves, Curves | None], data: st.DataObject, tail: int
+) -> None:
+    vals, trains = trial
+    order = data.draw(st.permutations(range(len(vals))))
+    shuffled = summarize(
+        [vals[i] for i in order],
+        None if trains is None else [trains[i] for i in order],
+        tail=tail,
+    )
+    assert shuffled == summarize(vals, trains, tail=tail)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    trial=trials(),
+    data=st.data(),
+    bad=st.sampled_from([math.nan, math.inf, -math.inf]),
+    risk=st.floats(min_value=0.0, max_value=10.0),
+)
+def test_any_non_finite_value_diverges(
+    trial: tuple[Curves, Curves | None],
+    data: st.DataObject,
+    bad: float,
+    risk: float,
+) -> None:
+    vals, trains = trial
+    target = vals if trains is None or data.draw(st.booleans()) else trains
+    r = data.draw(st.integers(min_value=0, max_value=len(target) - 1))
+    i = data.draw(st.integers(min_value=0, max_value=len(target[r]) - 1))
+    target[r][i] = bad
+
+    summary = summarize(vals, trains, risk=risk)
+
+    assert summary.score == math.inf
+    assert summary.diagnosis is Diagnosis.DIVERGED
+    assert summary.tail_mean == math.inf and summary.tail_std == math.inf
+    attrs = summary.to_attrs()
+    assert not any(isinstance(v, float) and math.isnan(v) for v in attrs.values())
+    assert json.loads(json.dumps(attrs))["score"] == math.inf
+
+
+@settings(max_examples=100, deadline=None)
+@given(trial=trials(), tail=tails)
+def test_fields_are_well_formed(trial: tuple[Curves, Curves | None], tail: int) -> None:
+    vals, trains = trial
+    s = summarize(vals, trains, tail=tail)
+    assert s.tail_std >= 0 and s.degradation >= 0 and s.oscillation >= 0 and s.repeat_spread >= 0
+    assert s.best <= s.tail_mean + 1e-12
+    assert s.n_repeats == len(vals)
+    assert s.epochs == tuple(sorted(len(v) for v in vals))
+    assert s.hint.endswith(HINTS[s.diagnosis])
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def test_a_single_deep_dip_does_not_beat_a_steady_low_finish() -> None:
+    dip = summarize([[1.0, 0.5, 0.05, 0.6, 0.9, 0.5, 0.9, 0.5, 0.9]])
+    steady = summarize([[1.0, 0.6, 0.4, 0.3, 0.26, 0.25, 0.25, 0.25, 0.25]])
+    assert dip.best < steady.best
+    assert dip.score > steady.score
+
+
+def test_hand_computed_fields() -> None:
+    s = summarize(
+        [[3.0, 2.0, 1.0, 2.0], [4.0, 3.0]],
+        [[3.0, 2.0, 1.0, 0.5], [4.0, 2.0]],
+        tail=2,
+        risk=2.0,
+    )
+    pooled = np.array([1.0, 2.0, 4.0, 3.0])
+    assert s.tail_mean == approx(2.5)
+    assert s.tail_std == approx(float(pooled.std()))
+    assert s.score == approx(2.5 + 2.0 * float(pooled.std()))
+    assert s.best == 1.0
+    assert s.degradation == approx(((1.5 - 1.0) + (3.5 - 3.0)) / 2)
+    assert s.oscillation == approx(1.0)
+    assert s.gap == approx(2.5 - (1.0 + 0.5 + 4.0 + 2.0) / 4)
+    assert s.repeat_spread == approx(1.0)
+    assert s.n_repeats == 2
+    assert s.epochs == (2, 4)
+
+
+def test_one_point_tails_and_one_repeat() -> None:
+    s = summarize([[5.0, 3.0, 2.0]], tail=1)
+    assert s.tail_mean == 2.0
+    assert s.tail_std == 0.0
+    assert s.oscillation == 0.0
+    assert s.repeat_spread == 0.0
+    assert s.degradation == 0.0
+    assert s.gap is None
+    assert s.score == 2.0
+
+
+def test_curves_shorter_than_the_tail_are_used_whole() -> None:
+    assert summarize([[2.0, 1.0]], tail=10).tail_mean == 1.5
+
+
+def test_numpy_arrays_are_accepted() -> None:
+    as_lists = summarize([[1.0, 0.5, 0.4]], [[1.0, 0.4, 0.3]])
+    as_arrays = summarize(np.array([[1.0, 0.5, 0.4]]), [np.array([1.0, 0.4, 0.3])])
+    assert as_arrays == as_lists
+
+
+FALLING = [1.0, 0.8, 0.65, 0.55, 0.48, 0.43, 0.39, 0.36, 0.33, 0.31]
+SETTLED = [1.0, 0.6, 0.45, 0.41, 0.40, 0.40, 0.401, 0.399, 0.40, 0.40]
+RISING_AFTER_MIN = [1.0, 0.7, 0.5, 0.42, 0.4, 0.44, 0.5, 0.56, 0.62, 0.68]
+TRAIN_FALLING = [1.0, 0.7, 0.5, 0.4, 0.33, 0.28, 0.24, 0.21, 0.19, 0.17]
+TRAIN_RISING = [1.0, 0.7, 0.5, 0.4, 0.38, 0.42, 0.47, 0.53, 0.6, 0.68]
+ZIGZAG = [1.0, 0.7, 0.5, 0.42, 0.4, 0.6, 0.38, 0.62, 0.39, 0.6]
+
+CASES: dict[str, tuple[Curves, Curves | None, Diagnosis, tuple[str, ...]]] = {
+    "stable": ([SETTLED], None, Diagnosis.STABLE, ("nothing to change",)),
+    "stable_with_train": (
+        [SETTLED, [x * 1.01 for x in SETTLED]],
+        [TRAIN_FALLING[:7] + [0.24] * 3] * 2,
+        Diagnosis.STABLE,
+        ("nothing to change",),
+    ),
+    "overfitting": (
+        [RISING_AFTER_MIN],
+        [TRAIN_FALLING],
+        Diagnosis.OVERFITTING,
+        ("dropout", "L2", "patience", "fewer units", "training loss kept falling"),
+    ),
+    "overfitting_without_train": (
+        [RISING_AFTER_MIN],
+        None,
+        Diagnosis.OVERFITTING,
+        ("dropout", "patience"),
+    ),
+    "oscillating": ([ZIGZAG], [TRAIN_FALLING], Diagnosis.OSCILLATING, ("learning rate", "batch")),
+    "rising_together": (
+        [RISING_AFTER_MIN],
+        [TRAIN_RISING],
+        Diagnosis.OSCILLATING,
+        ("lower the learning rate", "training loss rose too"),
+    ),
+    "diverged_by_nan": (
+        [FALLING[:5] + [math.nan]],
+        None,
+        Diagnosis.DIVERGED,
+        ("lower the learning rate", "LayerNormalization", "clipping", "NaN"),
+    ),
+    "diverged_by_inf_in_train": (
+        [FALLING],
+        [TRAIN_FALLING[:4] + [math.inf] * 6],
+        Diagnosis.DIVERGED,
+        ("LayerNormalization", "adam/rmsprop"),
+    ),
+    "diverged_by_blow_up": (
+        [[1.0, 0.9, 1.5, 3.0, 6.0, 12.0, 24.0]],
+        None,
+        Diagnosis.DIVERGED,
+        ("lower the learning rate", "LayerNormalization", "gradient clipping"),
+    ),
+    "underfitting": (
+        [FALLING],
+        [TRAIN_FALLING],
+        Diagnosis.UNDERFITTING,
+        ("more epochs", "more units", "raise the learning rate"),
+    ),
+    "unstable_across_repeats": (
+        [SETTLED, [x * 1.6 for x in SETTLED], [x * 0.7 for x in SETTLED]],
+        None,
+        Diagnosis.UNSTABLE_ACROSS_REPEATS,
+        ("more data per fold", "smaller learning rate", "regularisation"),
+    ),
+}
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_diagnosis_rules(case: str, scale: float) -> None:
+    vals, trains, expected, words = CASES[case]
+    summary = summarize(
+        [[x * scale for x in v] for v in vals],
+        None if trains is None else [[x * scale for x in u] for u in trains],
+    )
+    assert summary.diagnosis is expected, summary.hint
+    for word in words:
+        assert word in summary.hint
+
+
+def test_a_curve_still_falling_is_not_overfitting() -> None:
+    summary = summarize([FALLING])
+    assert summary.degradation > 0.1 * summary.tail_mean
+    assert summary.diagnosis is Diagnosis.UNDERFITTING
+
+
+def test_overfitting_hint_has_the_numbers() -> None:
+    hint = summarize([RISING_AFTER_MIN], [TRAIN_FALLING]).hint
+    assert hint.startswith("validation loss rose 0.16 (29%) above its minimum")
+
+
+def test_diverged_fields() -> None:
+    s = summarize([[1.0, 0.5, math.nan], [2.0, math.inf]], [[1.0, 0.5, 0.4], [1.0, 0.9]], risk=0.0)
+    assert s.score == math.inf
+    assert s.best == 0.5
+    assert s.gap == math.inf
+    assert s.hint.startswith("the loss became NaN or infinite in 2 of 2 repeat(s)")
+    assert summarize([[math.nan]]).best == math.inf
+
+
+@pytest.mark.parametrize(
+    ("vals", "risk"), [([[1e308, 1.7e308, 1.7e308]], 1.0), ([[1e150, 0.0]], 1e200)]
+)
+def test_overflowing_finite_losses_diverge(vals: Curves, risk: float) -> None:
+    s = summarize(vals, risk=risk)
+    assert s.score == math.inf
+    assert s.diagnosis is Diagnosis.DIVERGED
+    assert s.hint.startswith("the loss grew too large to summarise")
+
+
+def test_every_diagnosis_has_a_hint_and_a_rule() -> None:
+    assert set(HINTS) == set(Diagnosis)
+    assert [d for d, _ in RULES][0] is Diagnosis.DIVERGED
+    assert [d for d, _ in RULES][-1] is Diagnosis.STABLE
+    assert {d for d, _ in RULES} == set(Diagnosis)
+    assert [d.value for d in Diagnosis] == [d.name.lower() for d in Diagnosis]
+    assert str(Diagnosis.OVERFITTING) == "overfitting"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"val_curves": []},
+            "The 'val_curves' parameter of summarize must hold at least one repeat. "
+            "Got no repeats instead.",
+        ),
+        (
+            {"val_curves": [[1.0], []]},
+            "The 'val_curves' parameter of summarize must hold curves of at least one epoch. "
+            "Got an empty curve for val_curves[1] instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "train_curves": [[]]},
+            "The 'train_curves' parameter of summarize must hold curves of at least one epoch. "
+            "Got an empty curve for train_curves[0] instead.",
+        ),
+        (
+            {"val_curves": [[1.0], [2.0]], "train_curves": [[1.0]]},
+            "The 'train_curves' parameter of summarize must hold one curve per repeat "
+            "(2, as val_curves). Got 1 instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "tail": 0},
+            "The 'tail' parameter of summarize must be an integer >= 1. Got 0 instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "tail": 2.5},
+            "The 'tail' parameter of summarize must be an integer >= 1. Got 2.5 instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "risk": -0.5},
+            "The 'risk' parameter of summarize must be a finite number >= 0. Got -0.5 instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "risk": math.nan},
+            "The 'risk' parameter of summarize must be a finite number >= 0. Got nan instead.",
+        ),
+        (
+            {"val_curves": [[1.0]], "risk": math.inf},
+            "The 'risk' parameter of summarize must be a finite number >= 0. Got inf instead.",
+        ),
+        (
+            {"val_curves": [[[1.0, 2.0]]]},
+            "The 'val_curves' parameter of summarize must hold 1-D curves. "
+            "Got shape (1, 2) for val_curves[0] instead.",
+        ),
+        (
+            {"val_curves": [[1.0, "high"]]},
+            "The 'val_curves' parameter of summarize must hold curves of numbers. "
+            "Got a non-numeric value in val_curves[0] instead.",
+        ),
+    ],
+)
+def test_invalid_input_is_rejected(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        summarize(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_to_attrs_is_plain_json() -> None:
+    s = summarize([SETTLED, SETTLED[::-1][:6]], [TRAIN_FALLING, TRAIN_FALLING[:6]])
+    attrs = s.to_attrs()
+    back = json.loads(json.dumps(attrs))
+    assert back == attrs
+    assert set(attrs) == {f.name for f in Summary.__dataclass_fields__.values()}
+    for name in (*NUMERIC_FIELDS, "score", "gap"):
+        assert type(attrs[name]) is float, name
+    assert type(attrs["n_repeats"]) is int
+    assert attrs["epochs"] == [6, 10]
+    assert attrs["diagnosis"] == s.diagnosis.value
+    assert type(attrs["diagnosis"]) is str
+    assert summarize([[1.0]]).to_attrs()["gap"] is None
+
+
+def test_summary_is_frozen() -> None:
+    s = summarize([[1.0]])
+    with pytest.raises(AttributeError):
+        s.score = 0.0  # type: ignore[misc]
+
+
+def test_imports_numpy_only() -> None:
+    code = (
+        "import sys, sweep.stability; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'optuna', 'scipy') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
