@@ -111,7 +111,7 @@ def run(
     with _errors():
         from sweep.runner import run_sweep
         from sweep.spec import load_spec
-        from sweep.storage import mask, resolve_url
+        from sweep.storage import resolve_url
 
         updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout}
         if storage is not None:
@@ -119,8 +119,6 @@ def run(
         spec = load_spec(study_file, overrides=set_ or (), updates=updates)
         n_workers = _parse_workers(workers)
         url = resolve_url(storage, spec.study.storage)
-        if not quiet:
-            err.print(f"study [bold]{spec.study.name}[/] on {mask(url)}, {n_workers} worker(s)")
         with _progress_bar(spec.study.n_trials, quiet=quiet) as (on_progress, on_output):
             result = run_sweep(
                 spec=spec,
@@ -129,6 +127,7 @@ def run(
                 allow_spec_change=allow_spec_change,
                 on_progress=on_progress,
                 on_output=on_output,
+                on_start=None if quiet else lambda line: err.print(line, markup=False),
             )
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(result.counts.items()))
         best = (
@@ -200,6 +199,131 @@ def status(
             out.print(line, markup=False)
 
 
+@app.command("rank")
+def rank_(
+    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    storage: StorageOpt = None,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="Show the best K only.")] = None,
+    format_: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    by: Annotated[str, typer.Option("--by", help="Sort by this field (lower is better).")] = "score",
+    risk: Annotated[
+        float | None, typer.Option("--risk", help="Re-score with this risk (score = tail_mean + risk * tail_std).")
+    ] = None,
+    tail: Annotated[int | None, typer.Option("--tail", help="Re-score with a tail window of W epochs.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Also list pruned and failed trials (after complete ones).")] = False,
+) -> None:
+    """Trials ranked by validation-loss stability, with a diagnosis and a hint for each."""
+    with _errors():
+        from sweep.report import rank
+        from sweep.storage import resolve_url
+
+        fmt = _choice("--format", format_, ("table", "json", "csv"))
+        rows = rank(
+            study_name, url=resolve_url(storage), top=top, by=by, risk=risk, tail=tail, include_all=all_
+        )
+        if fmt == "json":
+            sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+        elif fmt == "csv":
+            _write_csv(rows)
+        else:
+            _print_rank_table(study_name, rows)
+
+
+@app.command()
+def best(
+    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    storage: StorageOpt = None,
+    retrain_seeds: Annotated[
+        int, typer.Option("--retrain-seeds", min=1, help="Retrain the top configuration with N fresh seeds.")
+    ] = 3,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the saved model (.keras) and its JSON config.")
+    ] = Path("best"),
+    trial: Annotated[int | None, typer.Option("--trial", help="Retrain this trial instead of the top-ranked.")] = None,
+) -> None:
+    """Retrain the top-ranked configuration with fresh seeds; compare with the prediction; save it."""
+    with _errors():
+        from sweep.retrain import retrain_best
+        from sweep.storage import resolve_url
+
+        result = retrain_best(
+            study_name, url=resolve_url(storage), seeds=retrain_seeds, out_dir=out_dir, trial_number=trial
+        )
+        predicted = result.predicted_tail_mean
+        out.print(f"trial {result.trial_number}: " + " ".join(f"{k}={_fmt(v)}" for k, v in result.params.items()))
+        out.print(f"predicted tail val loss {_fmt(predicted)} (score {_fmt(result.predicted_score)})")
+        for seed, loss in zip(result.seeds, result.tail_losses, strict=True):
+            delta = f" ({loss - predicted:+.4g})" if predicted is not None else ""
+            out.print(f"  seed {seed}: tail val loss {_fmt(loss)}{delta}")
+        out.print(f"retrained mean {_fmt(result.mean)} ± {_fmt(result.std)} over {len(result.seeds)} seeds")
+        out.print(f"saved {result.model_path} and {result.config_path}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+_PARAM_HEADERS = {
+    "n_layers": "layers",
+    "units": "units",
+    "activation": "act",
+    "learning_rate": "lr",
+    "optimizer": "opt",
+    "batch_size": "batch",
+    "dropout": "drop",
+    "l2": "l2",
+    "layer_norm": "ln",
+}
+_COMPONENTS = ("score", "tail_mean", "tail_std", "best", "degradation", "oscillation", "gap", "repeat_spread")
+
+
+def _print_rank_table(study_name: str, rows: list[Any]) -> None:
+    from rich.table import Table
+
+    if not rows:
+        out.print(f"{study_name}: no trials to rank yet (complete trials only; --all shows the others)")
+        return
+    table = Table(title=f"{study_name}: ranked by stability score (lower is better)", title_justify="left")
+    headers = ("rank", "trial", "score", "tail_mean", "tail_std", "best", "degr", "osc", "gap", "spread")
+    for name in headers:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("diagnosis", no_wrap=True)
+    params = [p for p in _PARAM_HEADERS if any(p in r.params for r in rows)]
+    for p in params:
+        table.add_column(_PARAM_HEADERS[p], justify="right", no_wrap=True)
+    for r in rows:
+        label = r.diagnosis or "-"
+        table.add_row(
+            str(r.rank),
+            str(r.number),
+            *(_fmt(getattr(r, f)) for f in _COMPONENTS),
+            label if r.state == "COMPLETE" else f"{label} ({r.state.lower()})",
+            *(_fmt(r.params.get(p)) for p in params),
+        )
+    wide = Console(highlight=False, width=max(out.width, 1000))
+    wide.print(table)
+    for r in rows:
+        if r.diagnosis not in (None, "stable") or r.fail_reason:
+            wide.print(f"#{r.number} {r.diagnosis or r.state.lower()}: {r.hint or r.fail_reason}", markup=False)
+
+
+def _write_csv(rows: list[Any]) -> None:
+    import csv
+
+    from sweep.report import NUMERIC_FIELDS
+    from sweep.spec import PARAM_NAMES
+
+    names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", *PARAM_NAMES, "layer_norm", "fail_reason"]
+    writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        d = r.as_dict()
+        params = d.pop("params")
+        writer.writerow({**{k: d.get(k) for k in names if k in d}, **params})
+
+
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise UserError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
@@ -208,7 +332,11 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
 
 @contextlib.contextmanager
 def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any]]:
-    """A live bar: trials done of the target, best score, elapsed, ETA; worker lines above it."""
+    """A live bar (trials done of the target, best score, elapsed, ETA) with worker lines above it.
+
+    The bar appears with the first progress report, so an error found while
+    checking the input is printed alone.
+    """
     if quiet:
         yield None, (lambda slot, line: err.print(line, markup=False) if line.startswith("error") else None)
         return
@@ -236,14 +364,19 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
     task = bar.add_task("sweep", total=target, best="best -")
 
     def on_progress(p: Any) -> None:
+        if not bar.live.is_started:
+            bar.start()
         best = f"best {p.best_value:.4g} (#{p.best_number})" if p.best_value is not None else "best -"
         bar.update(task, completed=p.done, total=p.target, best=best)
 
     def on_output(slot: int, line: str) -> None:
         bar.console.print(Text.assemble((f"w{slot} ", "dim"), line), highlight=False)
 
-    with bar:
+    try:
         yield on_progress, on_output
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def main() -> None:

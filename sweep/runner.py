@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,9 +191,11 @@ def prepare_study(
     study.set_user_attr(records.DATA, describe(dataset))
     study.set_user_attr(records.TARGET, spec.study.n_trials)
     study.set_user_attr(records.VERSIONS, _versions())
-    study.set_metric_names(
-        ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability score"]
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(
+            ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability score"]
+        )
     return study, True
 
 
@@ -217,6 +220,7 @@ def run_sweep(
     allow_spec_change: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     on_output: Callable[[int, str], None] | None = None,
+    on_start: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Create or resume ``spec``'s study and run it to its target or time limit.
 
@@ -226,7 +230,14 @@ def run_sweep(
     ``interrupted``.
     """
     url = resolve_url(storage, spec.study.storage)
-    study, _ = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+    study, created = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+    target = spec.study.n_trials
+    done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+    if on_start is not None:
+        verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
+        on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
+    if target is not None and done >= target:
+        return summarize_study(study, url=url)
     deadline = time.time() + spec.study.timeout if spec.study.timeout else None
     supervise(
         study_name=spec.study.name,

@@ -1,0 +1,145 @@
+"""``sweep best``: retrain the top-ranked configuration with fresh seeds and save it.
+
+The sweep predicts that a configuration ends near its ``tail_mean``; this
+retrains it N times with seeds the sweep never used, on the canonical
+holdout split, and reports each run's tail validation loss beside that
+prediction, so the user sees whether the ranking holds up. The saved model is
+the run with the median tail loss: representative, not the luckiest.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sweep import records
+from sweep.errors import UserError
+
+FRESH_SEED_OFFSET = 10_000
+"""Retraining seeds start here above the study's seed, far from the repeats' seeds."""
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    study_name: str
+    trial_number: int
+    params: dict[str, Any]
+    predicted_tail_mean: float | None
+    predicted_score: float | None
+    seeds: tuple[int, ...]
+    tail_losses: tuple[float, ...]
+    mean: float
+    std: float
+    model_path: str
+    config_path: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def retrain_best(
+    study_name: str,
+    *,
+    url: str,
+    seeds: int,
+    out_dir: Path,
+    trial_number: int | None = None,
+    threads: int | None = None,
+) -> RetrainResult:
+    """Retrain the best-ranked trial (or ``trial_number``) ``seeds`` times; save model and config.
+
+    Raises:
+        UserError: no complete trial to retrain, or a bad ``seeds``.
+    """
+    if seeds < 1:
+        raise UserError(f"--retrain-seeds: got {seeds}; allowed: an integer >= 1")
+    from sweep.report import rank
+    from sweep.runner import open_sweep
+
+    study, spec = open_sweep(study_name, url)
+    ranked = rank(study_name, url=url)
+    if trial_number is not None:
+        ranked = [r for r in ranked if r.number == trial_number]
+        if not ranked:
+            raise UserError(f"--trial: got {trial_number}; it is not a complete trial of {study_name!r}")
+    if not ranked:
+        raise UserError(f"study {study_name!r} has no complete trial to retrain yet")
+    top = ranked[0]
+
+    from sweep.data import load_dataset, make_splits, prepare
+    from sweep.objective import model_shape
+    from sweep.runner import default_workers
+    from sweep.space import Hyperparams
+    from sweep.stability import summarize
+    from sweep.train import configure_threads, fit_repeat, release
+    from sweep.worker import data_kwargs
+
+    configure_threads(threads or default_workers())
+    dataset = load_dataset(**data_kwargs(spec))
+    base = spec.study.seed or 0
+    (split,) = make_splits(dataset, n_splits=1, validation_fraction=spec.data.validation_fraction, seed=base)
+    data = prepare(dataset, split)
+    params = Hyperparams.from_params(top.params)
+    shape = model_shape(dataset)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[float, int, Any]] = []
+    seed_list = tuple(base + FRESH_SEED_OFFSET + i for i in range(seeds))
+    for seed in seed_list:
+        curves, model = fit_repeat(
+            params,
+            family=spec.model.family,
+            shape=shape,
+            data=data,
+            max_epochs=spec.training.max_epochs,
+            patience=spec.training.patience,
+            seed=seed,
+            momentum=spec.training.momentum,
+            clipnorm=spec.training.clipnorm,
+            steps_per_execution=spec.training.steps_per_execution,
+            keep_model=True,
+        )
+        tail = summarize([curves.val_loss], tail=spec.stability.tail, risk=spec.stability.risk).tail_mean
+        runs.append((tail, seed, model))
+    tails = [t for t, _, _ in runs]
+    median_run = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+    model_path = out_dir / f"{study_name}-trial{top.number}.keras"
+    median_run[2].save(model_path)
+    for _, _, model in runs:
+        del model
+    release()
+
+    result = RetrainResult(
+        study_name=study_name,
+        trial_number=top.number,
+        params=top.params,
+        predicted_tail_mean=top.tail_mean,
+        predicted_score=top.score,
+        seeds=seed_list,
+        tail_losses=tuple(tails),
+        mean=statistics.fmean(tails),
+        std=statistics.pstdev(tails) if len(tails) > 1 else 0.0,
+        model_path=str(model_path),
+        config_path=str(out_dir / f"{study_name}-trial{top.number}.json"),
+    )
+    config = {
+        "study": study_name,
+        "trial": top.number,
+        "params": top.params,
+        "model": spec.model.model_dump(mode="json"),
+        "data": spec.data.model_dump(mode="json"),
+        "training": spec.training.model_dump(mode="json"),
+        "stability": spec.stability.model_dump(mode="json"),
+        "predicted": {"tail_mean": top.tail_mean, "score": top.score, "diagnosis": top.diagnosis},
+        "retrained": {
+            "seeds": list(seed_list),
+            "tail_losses": [records.finite_or_none(t) for t in tails],
+            "saved_seed": median_run[1],
+        },
+        "data_fingerprint": study.user_attrs.get(records.FINGERPRINT),
+    }
+    Path(result.config_path).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return result

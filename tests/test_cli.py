@@ -1,0 +1,204 @@
+"""The real ``sweep`` command end to end: tiny Keras models, real SQLite files, separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, write_study
+
+EIGHT = {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size", "dropout", "l2"}
+COMMANDS = ["run", "worker", "status", "rank", "best"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_command_has_help(command: str | None) -> None:
+    result = run_cli(*([command] if command else []), "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    if command is None:
+        for name in COMMANDS:
+            assert name in result.stdout
+
+
+def _read_study(url: str, name: str) -> dict:
+    """Read the study from a separate process with Optuna's own API."""
+    code = f"""
+import json, optuna
+study = optuna.load_study(study_name={name!r}, storage={url!r})
+print(json.dumps([
+    {{"number": t.number, "state": t.state.name, "params": t.params, "attrs": t.user_attrs,
+      "intermediate": {{str(k): v for k, v in t.intermediate_values.items()}}}}
+    for t in study.trials
+]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_demo_sweep_runs_resumes_ranks_and_retrains(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    demo = ROOT / "studies" / "digits-lstm.toml"
+    common = ["--storage", url, "--set", "training.max_epochs=3", "--set", "worker.max_trials=2"]
+    first = run_cli("run", str(demo), "--n-trials", "3", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "3 of 3 trials done" in first.stdout
+
+    trials = _read_study(url, "digits-lstm")
+    assert len(trials) == 3
+    for t in trials:
+        assert t["state"] in ("COMPLETE", "PRUNED")
+        assert EIGHT <= set(t["params"])
+        curves = t["attrs"]["curves"]
+        assert len(curves["val_loss"]) >= 1 and all(1 <= len(c) <= 3 for c in curves["val_loss"])
+        assert len(curves["loss"]) == len(curves["val_loss"])
+        if t["state"] == "COMPLETE":
+            assert len(curves["val_loss"]) == 2  # two repeats in the demo
+            reported = [t["intermediate"][str(i)] for i in range(len(t["intermediate"]))]
+            assert reported == pytest.approx(curves["val_loss"][0], rel=1e-5)
+            assert isinstance(t["attrs"]["score"], float)
+            assert t["attrs"]["diagnosis"] in {"stable", "overfitting", "oscillating", "underfitting",
+                                               "unstable_across_repeats"}
+
+    listed = subprocess.run(
+        [str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "digits-lstm", "--storage", url, "-f", "json"],
+        capture_output=True, text=True, check=True,
+    )
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 3 and all(EIGHT <= set(r["params"]) for r in rows)
+
+    again = run_cli("run", str(demo), "--n-trials", "5", *common, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(_read_study(url, "digits-lstm")) == 5  # 2 more, not 5 more
+
+    status = run_cli("status", "digits-lstm", "--storage", url, "--format", "json")
+    assert status.returncode == 0, status.stderr
+    st = json.loads(status.stdout)
+    assert st["done"] == 5 and st["target"] == 5
+
+    ranked = json.loads(run_cli("rank", "digits-lstm", "--storage", url, "--format", "json").stdout)
+    assert ranked and [r["score"] for r in ranked] == sorted(r["score"] for r in ranked)
+    assert all(r["hint"] and EIGHT <= set(r["params"]) for r in ranked)
+
+    out_dir = tmp_path / "best"
+    best = run_cli("best", "digits-lstm", "--storage", url, "--retrain-seeds", "2", "--out", str(out_dir))
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.count("tail val loss") == 3  # the prediction and two seeds
+    config = json.loads(next(out_dir.glob("*.json")).read_text())
+    assert config["trial"] == ranked[0]["number"]
+    assert len(config["retrained"]["tail_losses"]) == 2
+    assert next(out_dir.glob("*.keras")).stat().st_size > 0
+
+
+def test_typo_key_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace("max_epochs", "max_epoch"))
+    db = tmp_path / "t.db"
+    result = run_cli("run", str(study), "--storage", f"sqlite:///{db}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "training.max_epoch: unknown key 'max_epoch'; did you mean 'max_epochs'?" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not db.exists()
+
+
+def test_bad_data_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,nan,1\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(20)))
+    study = write_study(tmp_path, family="dense")
+    text = study.read_text().replace('source = "digits"', 'source = "csv"\npath = "d.csv"\ntarget = "y"\ntask = "classification"')
+    study.write_text(text)
+    db = tmp_path / "t.db"
+    result = run_cli("run", str(study), "--storage", f"sqlite:///{db}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "column 'b'" in result.stderr and "NaN" in result.stderr
+    assert not db.exists()
+
+
+def test_recurrent_family_on_tabular_data_is_refused(tmp_path: Path) -> None:
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace('source = "digits"', 'source = "breast_cancer"'))
+    result = run_cli("run", str(study), "--storage", f"sqlite:///{tmp_path / 't.db'}")
+    assert result.returncode == 2
+    assert "model.family: got 'lstm' but data 'breast_cancer' is tabular" in result.stderr
+
+
+@pytest.mark.slow
+def test_spec_change_on_resume_is_refused_unless_allowed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    study = write_study(tmp_path, n_trials=1, epochs=2)
+    assert run_cli("run", str(study), "--storage", url, "-q").returncode == 0
+    changed = run_cli("run", str(study), "--storage", url, "--set", "search.units=[4, 8]")
+    assert changed.returncode == 2
+    assert "search.units" in changed.stderr and "--allow-spec-change" in changed.stderr
+    allowed = run_cli("run", str(study), "--storage", url, "--set", "search.units=[4, 8]", "--allow-spec-change", "-q")
+    assert allowed.returncode == 0, allowed.stderr
+    import optuna
+
+    attrs = optuna.load_study(study_name="tiny", storage=url).user_attrs
+    assert "search.units" in attrs["sweep:spec_changes"][0]["changed"][0]
+
+
+@pytest.mark.slow
+def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'div.db'}"
+    study = write_study(tmp_path, name="div", n_trials=2, family="dense", epochs=3, extra="")
+    text = study.read_text()
+    text = text.replace('source = "digits"', 'source = "diabetes"')
+    text = text.replace('learning_rate = { low = 1e-3, high = 3e-2, log = true }', "learning_rate = 10.0")
+    text = text.replace('optimizer = ["adam", "rmsprop", "nadam", "sgd"]', 'optimizer = "sgd"')
+    text = text.replace('activation = ["tanh", "relu"]', 'activation = "elu"')
+    text = text.replace("n_layers = { low = 1, high = 2 }", "n_layers = 2")
+    text = text.replace("units = { low = 4, high = 12 }", "units = 12")
+    text = text.replace("dropout = { low = 0.0, high = 0.3 }", "dropout = 0.0")
+    text = text.replace("l2 = { low = 1e-6, high = 1e-3, log = true }", "l2 = 0.0")
+    study.write_text(text)
+    result = run_cli("run", str(study), "--storage", url)
+    assert result.returncode == 0, result.stderr
+    trials = _read_study(url, "div")
+    assert len(trials) == 2
+    for t in trials:
+        assert t["state"] == "FAIL"
+        assert t["attrs"]["fail_reason"].startswith("diverged: non-finite loss")
+        assert t["attrs"]["diagnosis"] == "diverged" and t["attrs"]["score"] is None
+    ranked = json.loads(run_cli("rank", "div", "--storage", url, "--all", "--format", "json").stdout)
+    assert [r["diagnosis"] for r in ranked] == ["diverged", "diverged"]
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_running_trial_interrupted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = write_study(tmp_path, name="sig", n_trials=50, epochs=200)
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("SWEEP_STORAGE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", url],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import optuna
+
+    deadline = time.time() + 120
+    running = False
+    while time.time() < deadline and not running:
+        time.sleep(1)
+        try:
+            trials = optuna.load_study(study_name="sig", storage=url).trials
+        except (KeyError, Exception):
+            continue
+        running = any(t.state.name == "RUNNING" for t in trials)
+    assert running, "no trial started within 120 s"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    trials = optuna.load_study(study_name="sig", storage=url).trials
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].state.name == "FAIL"
+    assert "Traceback" not in stderr

@@ -1,0 +1,215 @@
+"""Ranking and status read back from real storages (no training: trials are written directly)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from sweep import records
+from sweep.errors import StudyNotFoundError, UserError
+from sweep.objective import curves_attr
+from sweep.report import _read_rows, rank, study_status
+from sweep.runner import prepare_study
+from sweep.space import distributions
+from sweep.spec import load_spec
+from sweep.stability import summarize
+from sweep.storage import open_storage
+from sweep.train import Curves, Stop
+from tests.conftest import run_cli, write_study
+
+PARAMS = {
+    "n_layers": 1,
+    "units": 8,
+    "activation": "tanh",
+    "learning_rate": 0.01,
+    "optimizer": "adam",
+    "batch_size": 64,
+    "dropout": 0.1,
+    "l2": 1e-4,
+    "layer_norm": False,
+}
+
+# Two repeats each: (validation curves, training curves).
+STEADY_LOW = ([[1.0, 0.6, 0.41, 0.40, 0.40, 0.40], [1.0, 0.6, 0.42, 0.41, 0.41, 0.41]],
+              [[1.0, 0.6, 0.40, 0.39, 0.38, 0.38]] * 2)
+LUCKY_DIP = ([[1.0, 0.2, 0.9, 0.5, 0.95, 0.55], [1.0, 0.7, 0.8, 0.6, 0.9, 0.6]],
+             [[1.0, 0.5, 0.3, 0.2, 0.1, 0.05]] * 2)
+OVERFIT = ([[1.0, 0.5, 0.45, 0.5, 0.6, 0.7], [1.0, 0.5, 0.46, 0.52, 0.62, 0.72]],
+           [[1.0, 0.5, 0.3, 0.2, 0.1, 0.05]] * 2)
+# Lower tail_mean than STEADY_LOW but a huge spread between repeats: --risk 0 must put it first.
+LOW_BUT_WILD = ([[1.0, 0.6, 0.1, 0.1, 0.1, 0.1], [1.0, 0.6, 0.6, 0.6, 0.6, 0.6]],
+                [[1.0, 0.6, 0.40, 0.39, 0.38, 0.38]] * 2)
+
+
+def _curves(val: list[list[float]], train: list[list[float]]) -> list[Curves]:
+    return [Curves(loss=tuple(u), val_loss=tuple(v), metric_name="", stop=Stop.COMPLETED) for v, u in zip(val, train)]
+
+
+def make_study(url: str, tmp_path: Path, cases: list[tuple[str, tuple, TrialState]], name: str = "ranked"):
+    spec = load_spec(write_study(tmp_path, name=name))
+    study, created = prepare_study(spec, url=url)
+    assert created
+    dists = distributions(spec.search, family="lstm")
+    for _label, (val, train), state in cases:
+        summary = summarize(val, train, tail=spec.stability.tail, risk=spec.stability.risk)
+        attrs = {records.CURVES: curves_attr(_curves(val, train)), **records.summary_attrs(summary)}
+        if state is TrialState.FAIL:
+            attrs[records.FAIL_REASON] = "error: something broke"
+        study.add_trial(create_trial(
+            state=state,
+            value=summary.score if state is TrialState.COMPLETE else None,
+            params=PARAMS,
+            distributions=dists,
+            user_attrs=attrs,
+            intermediate_values={i: v for i, v in enumerate(val[0])},
+        ))
+    return study, spec
+
+
+CASES = [
+    ("lucky", LUCKY_DIP, TrialState.COMPLETE),
+    ("steady", STEADY_LOW, TrialState.COMPLETE),
+    ("overfit", OVERFIT, TrialState.COMPLETE),
+    ("wild", LOW_BUT_WILD, TrialState.COMPLETE),
+    ("pruned", STEADY_LOW, TrialState.PRUNED),
+    ("failed", STEADY_LOW, TrialState.FAIL),
+]
+
+
+def test_rank_orders_by_score_and_keeps_only_complete(storage_url: str, tmp_path: Path) -> None:
+    make_study(storage_url, tmp_path, CASES)
+    ranked = rank("ranked", url=storage_url)
+    scores = [r.score for r in ranked]
+    assert scores == sorted(scores)
+    assert {r.state for r in ranked} == {"COMPLETE"}
+    assert len(ranked) == 4
+    steady, lucky = next(r for r in ranked if r.number == 1), next(r for r in ranked if r.number == 0)
+    assert lucky.best < steady.best and lucky.score > steady.score
+    assert next(r for r in ranked if r.number == 2).diagnosis == "overfitting"
+    assert steady.params == PARAMS
+
+
+def test_rank_all_puts_pruned_and_failed_after_complete(storage_url: str, tmp_path: Path) -> None:
+    make_study(storage_url, tmp_path, CASES)
+    ranked = rank("ranked", url=storage_url, include_all=True)
+    states = [r.state for r in ranked]
+    assert states == ["COMPLETE"] * 4 + ["PRUNED", "FAIL"]
+    # The pruned trial has the same (good) curves as the best complete one, and still ranks after all of them.
+    assert ranked[4].score is not None and ranked[4].score < ranked[3].score
+    assert ranked[5].fail_reason == "error: something broke"
+
+
+def test_risk_zero_ranks_by_tail_mean(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    default = rank("ranked", url=url)
+    risk0 = rank("ranked", url=url, risk=0.0)
+    assert default[0].number == 1  # steady low wins with the spread penalty
+    assert risk0[0].number == 3  # the low-but-wild one wins on tail_mean alone
+    for r in risk0:
+        assert r.score == pytest.approx(r.tail_mean, rel=1e-6)
+    assert [r.tail_mean for r in risk0] == sorted(r.tail_mean for r in risk0)
+
+
+def test_tail_rescores_from_stored_curves(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    one = {r.number: r for r in rank("ranked", url=url, tail=1)}
+    val, _ = OVERFIT
+    assert one[2].tail_mean == pytest.approx((val[0][-1] + val[1][-1]) / 2, rel=1e-5)
+
+
+def test_by_field_and_top(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    by_best = rank("ranked", url=url, by="best", top=2)
+    assert len(by_best) == 2
+    assert by_best[0].best <= by_best[1].best
+    with pytest.raises(UserError, match="--by: got 'nope'; allowed: score"):
+        rank("ranked", url=url, by="nope")
+    with pytest.raises(UserError, match="--risk"):
+        rank("ranked", url=url, risk=-1.0)
+
+
+def test_sql_reader_matches_optuna_api(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study, _ = make_study(url, tmp_path, CASES)
+    keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.CURVES)
+    fast = {r.number: r for r in _read_rows(study, keys=keys)}
+    for t in study.get_trials():
+        row = fast[t.number]
+        assert row.state == t.state.name
+        assert row.params == t.params
+        assert row.attrs == {k: t.user_attrs[k] for k in keys if k in t.user_attrs}
+
+
+def test_status_counts_and_best(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    st = study_status("ranked", url=url)
+    assert st.counts == {"COMPLETE": 4, "PRUNED": 1, "FAIL": 1}
+    assert st.done == 5  # a failed trial (not diverged) does not use up the target
+    assert st.best is not None and st.best.number == 1
+    assert st.target == 3
+
+
+def test_unknown_study_lists_existing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    with pytest.raises(StudyNotFoundError, match="study 'nope' not found .* studies there: ranked"):
+        rank("nope", url=url)
+
+
+def test_rank_cli_formats(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    js = run_cli("rank", "ranked", "--storage", url, "--format", "json")
+    assert js.returncode == 0, js.stderr
+    rows = json.loads(js.stdout)
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)
+    for r in rows:
+        assert set(r) >= {"rank", "number", "score", "tail_mean", "tail_std", "best", "degradation",
+                          "oscillation", "gap", "repeat_spread", "diagnosis", "hint", "params"}
+        assert set(r["params"]) >= {"n_layers", "units", "activation", "learning_rate", "optimizer",
+                                    "batch_size", "dropout", "l2"}
+        assert isinstance(r["score"], float) and math.isfinite(r["score"])
+    csv_out = run_cli("rank", "ranked", "--storage", url, "--format", "csv", "--risk", "0")
+    assert csv_out.returncode == 0, csv_out.stderr
+    header, first = csv_out.stdout.splitlines()[:2]
+    assert header.startswith("rank,number,state,score,tail_mean")
+    assert first.startswith("1,3,COMPLETE,")
+    table = run_cli("rank", "ranked", "--storage", url)
+    assert table.returncode == 0, table.stderr
+    assert "overfitting" in table.stdout and "#2 overfitting: validation loss rose" in table.stdout
+    bad = run_cli("rank", "ranked", "--storage", url, "--format", "xml")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: --format: got 'xml'; allowed: table, json, csv"
+
+
+def test_rank_does_not_import_tensorflow(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sweep.cli import app; from sweep.report import rank;"
+        f"rank('ranked', url={url!r});"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_storage_is_reopened_without_creating_files(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    result = run_cli("status", "x", "--storage", f"sqlite:///{missing}")
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert not missing.exists()
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'new.db'}"), optuna.storages.RDBStorage)
