@@ -72,6 +72,9 @@ def _main(
     ] = False,
 ) -> None:
     """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
+    import logging
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
 def _parse_workers(value: str) -> int:

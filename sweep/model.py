@@ -49,10 +49,14 @@ def check_family(family: Family | str, shape: ModelShape, *, data_name: str) -> 
     """
     family = Family(family)
     if family is not Family.DENSE and len(shape.input_shape) != 2:
+        what = (
+            f"is tabular ({shape.input_shape[0]} features, no time axis)"
+            if len(shape.input_shape) == 1
+            else f"has samples of shape {shape.input_shape}"
+        )
         raise SpecError(
-            f"model.family: got {family.value!r} but data {data_name!r} is tabular "
-            f"({shape.input_shape[0]} features, no time axis); recurrent families need "
-            "sequences, so use 'dense' or give data.lookback"
+            f"model.family: got {family.value!r} but data {data_name!r} {what}; recurrent families "
+            "need (steps, features) sequences, so use 'dense' or give data.lookback"
         )
 
 
@@ -68,8 +72,8 @@ def build_model(
     """Build and compile one model for ``params``.
 
     Recurrent families stack ``n_layers`` layers of ``units`` cells with
-    ``return_sequences`` on all but the last, optional LayerNormalization after
-    each, dropout and L2 kernel regularisation; the dense family is an MLP of
+    ``return_sequences`` on all but the last, optional LayerNormalization
+    between them, dropout and L2 kernel regularisation; the dense family is an MLP of
     the same depth and width (sequences are flattened first).
     """
     import keras

@@ -226,8 +226,27 @@ def parse_param(name: str, raw: Any) -> Param:
 # --------------------------------------------------------------------------- sections
 
 
+def _expected(annotation: Any) -> str:
+    text = str(annotation)
+    if "int" in text:
+        return "an integer"
+    if "float" in text:
+        return "a number"
+    return "a string"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: Any) -> Any:
+        """TOML ``true`` is not the number 1 (pydantic would accept it as such)."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not Any and "bool" not in str(annotation):
+                raise ValueError(f"got {value!r}; allowed: {_expected(annotation)}")
+        return value
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -289,13 +308,22 @@ class DataSection(_Section):
     source: Literal["digits", "mackey_glass", "breast_cancer", "diabetes", "csv", "npz"]
     path: str | None = None
     features: tuple[str, ...] | None = None
-    target: str | tuple[str, ...] | None = None
+    target: Any = None
     task: Literal["classification", "regression", "forecast"] | None = None
     lookback: int | None = Field(default=None, ge=1)
     horizon: int = Field(default=1, ge=1)
     group: str | None = None
     length: int | None = Field(default=None, ge=50)
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: Any) -> str | tuple[str, ...] | None:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"got {value!r}; allowed: a column name or a list of column names")
 
     @model_validator(mode="after")
     def _files(self) -> DataSection:
@@ -373,7 +401,7 @@ class WorkerSection(_Section):
 
     max_trials: int = Field(default=50, ge=1)
     max_memory_growth_mb: float = Field(default=100.0, gt=0.0)
-    threads: int | Literal["auto"] = "auto"
+    threads: Any = "auto"
     heartbeat_interval: int = Field(default=30, ge=1)
     grace_period: int = Field(default=120, ge=2)
     max_retries: int = Field(default=2, ge=0)
@@ -389,10 +417,10 @@ class WorkerSection(_Section):
 
     @field_validator("threads")
     @classmethod
-    def _threads(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError(f"got {value!r}; allowed: 'auto' or an integer >= 1")
-        return value
+    def _threads(cls, value: Any) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"got {value!r}; allowed: 'auto' or an integer >= 1")
 
 
 class StudySpec(_Section):
@@ -555,6 +583,8 @@ def _one_line(exc: ValidationError, raw: Mapping[str, Any]) -> str:
     errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
     first = errors[0]
     loc = tuple(str(p) for p in first["loc"])
+    if first["type"] != "extra_forbidden":
+        loc = _field_path(loc)
     where = ".".join(loc) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
@@ -570,6 +600,21 @@ def _one_line(exc: ValidationError, raw: Mapping[str, Any]) -> str:
             message = f"got {_show(first['input'])}; {_allowed(message)}"
     more = len(errors) - 1
     return f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _field_path(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop pydantic's union-branch tags (``worker.threads.int``) from an error location."""
+    model: type[BaseModel] | None = StudySpec
+    out: list[str] = []
+    for part in loc:
+        if model is not None and part not in model.model_fields:
+            if out and model is not StudySpec:
+                break
+        out.append(part)
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return tuple(out)
 
 
 def _allowed(message: str) -> str:

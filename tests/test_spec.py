@@ -352,13 +352,9 @@ def test_spec_from_dict_names_its_source() -> None:
     assert str(info.value).startswith("stored spec: training.max_epochs: got 0")
 
 
-# --------------------------------------------------------------------------- known gaps
+# --------------------------------------------------------------------------- types and unions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pydantic lax mode turns TOML true into the integer 1 for int fields (sweep/spec.py:230)",
-)
 @pytest.mark.parametrize(
     ("section", "body", "field"),
     [
@@ -371,20 +367,11 @@ def test_boolean_for_an_integer_field_is_refused(tmp_path: Path, section: str, b
     assert message.startswith(f"{path}: {field}: got True")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: TrainingSection.clipnorm accepts inf (sweep/spec.py:346); clipnorm=inf makes every update NaN",
-)
 def test_infinite_clipnorm_is_refused(tmp_path: Path) -> None:
     path, message = spec_error(tmp_path, study_text(training="clipnorm = inf"))
     assert message.startswith(f"{path}: training.clipnorm: got inf")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: union fields report pydantic's branch tag in the path ('worker.threads.int') "
-    "and leave 'auto' out of what is allowed (sweep/spec.py:557)",
-)
 def test_union_field_error_names_the_field_and_all_allowed_forms(tmp_path: Path) -> None:
     path, message = spec_error(tmp_path, study_text(worker='threads = "many"'))
     assert message.startswith(f"{path}: worker.threads: got 'many'")
