@@ -327,6 +327,33 @@ def _write_csv(rows: list[Any]) -> None:
         writer.writerow({**{k: d.get(k) for k in names if k in d}, **params})
 
 
+@app.command()
+def proxy(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve the storage to many workers over gRPC (they use --storage grpc://HOST:PORT)."""
+    with _errors():
+        from sweep.storage import mask, open_storage, resolve_url
+
+        url = resolve_url(storage)
+        if url.startswith("grpc://"):
+            raise UserError("--storage: the proxy serves a database; give a sqlite/postgresql/mysql URL")
+        backend = open_storage(url)
+        import optuna
+
+        err.print(f"serving {mask(url)} on grpc://{host}:{port} (Ctrl-C stops)", markup=False)
+        logging_level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+        finally:
+            optuna.logging.set_verbosity(logging_level)
+
+
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise UserError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")

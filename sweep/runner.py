@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import optuna
 
 MAX_WORKER_CRASHES = 3
+STORAGE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+STORAGE_OUTAGE_LIMIT_S = 600.0
+"""How long workers keep retrying an unreachable storage before the sweep gives up."""
 
 log = logging.getLogger("sweep.runner")
 
@@ -296,7 +299,7 @@ def supervise(
         UserError: a worker refused the study (for example, different data).
         FatalError: workers keep crashing, or trials keep failing.
     """
-    from sweep.worker import ENV_URL, EXIT_DONE, EXIT_RECYCLE
+    from sweep.worker import ENV_URL, EXIT_DONE, EXIT_RECYCLE, EXIT_STORAGE
 
     env = {
         "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -336,6 +339,9 @@ def supervise(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     crashes = 0
+    outage_since: float | None = None
+    outage_tries = 0
+    restart_at: dict[int, float] = {}
     failure: SweepError | None = None
     started = time.time()
     next_poll = 0.0
@@ -343,7 +349,13 @@ def supervise(
     try:
         for slot in range(workers):
             start(slot)
-        while procs:
+        while procs or restart_at:
+            for slot, when in list(restart_at.items()):
+                if received or failure is not None:
+                    del restart_at[slot]
+                elif time.time() >= when:
+                    del restart_at[slot]
+                    start(slot)
             for slot, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
@@ -351,6 +363,23 @@ def supervise(
                 del procs[slot]
                 if received or failure is not None:
                     continue
+                if code == EXIT_STORAGE:
+                    now = time.time()
+                    outage_since = outage_since or now
+                    if now - outage_since > STORAGE_OUTAGE_LIMIT_S:
+                        failure = FatalError(
+                            f"the storage {mask(url)} has been unreachable for over "
+                            f"{STORAGE_OUTAGE_LIMIT_S:.0f} s; giving up"
+                        )
+                        forward(signal.SIGTERM, None)
+                        received.clear()
+                    else:
+                        delay = STORAGE_BACKOFF_S[min(outage_tries, len(STORAGE_BACKOFF_S) - 1)]
+                        outage_tries += 1
+                        log.warning("storage unavailable; restarting worker %d in %.0f s", slot, delay)
+                        restart_at[slot] = now + delay
+                    continue
+                outage_since, outage_tries = None, 0
                 if code == EXIT_RECYCLE:
                     start(slot)
                 elif code == EXIT_DONE:

@@ -115,7 +115,7 @@ def open_storage(
             )
     except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot open storage {mask(url)}: {_scrub(reason, url)}") from None
+        raise StorageError(f"cannot open storage {mask(url)}: {scrub(reason, url)}") from None
 
 
 def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
@@ -153,7 +153,8 @@ def _enable_wal(path: Path) -> None:
         raise StorageError(f"cannot open SQLite file '{path}': {exc}") from None
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` replaced by ``***``."""
     from sqlalchemy.engine import make_url
 
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import DataError, FatalError, Interrupted, SweepError, TrialFailed
+from sweep.errors import DataError, FatalError, Interrupted, StorageError, SweepError, TrialFailed
 
 if TYPE_CHECKING:
     import optuna
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 EXIT_DONE = 0
 EXIT_RECYCLE = 75
+EXIT_STORAGE = 69
+"""The storage could not be reached; the supervisor restarts the worker after a backoff."""
 ENV_URL = "SWEEP_WORKER_STORAGE"
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 2.0
@@ -194,6 +196,14 @@ def run_worker(
     return EXIT_DONE
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the database is unreachable, not that the trial is bad."""
+    import optuna
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    return (OperationalError, DBAPIError, optuna.exceptions.StorageInternalError)
+
+
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     attrs = trial.user_attrs
     seconds = attrs.get("train_seconds")
@@ -221,6 +231,8 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             trial.set_user_attr(records.FAIL_REASON, "interrupted")
             raise
         except (TrialFailed, optuna.TrialPruned):
+            raise
+        except _storage_errors():
             raise
         except SweepError as exc:
             trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
@@ -315,9 +327,18 @@ def main(argv: list[str] | None = None) -> int:
         )
     except Interrupted as exc:
         return exc.exit_code
+    except StorageError as exc:
+        print(f"storage unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except _storage_errors() as exc:
+        from sweep.storage import mask, scrub
+
+        reason = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
+        print(f"storage unavailable ({mask(url)}): {reason}", file=sys.stderr)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":
