@@ -72,9 +72,9 @@ def _main(
     ] = False,
 ) -> None:
     """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
-    import logging
+    import optuna
 
-    logging.getLogger("optuna").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _parse_workers(value: str) -> int:

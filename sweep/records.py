@@ -25,6 +25,7 @@ DATA = "sweep:data"
 TARGET = "sweep:n_trials"
 VERSIONS = "sweep:versions"
 SPEC_CHANGES = "sweep:spec_changes"
+REQUEUED = "sweep:requeued"
 
 CURVES = "curves"
 FAIL_REASON = "fail_reason"

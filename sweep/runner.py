@@ -164,7 +164,7 @@ def prepare_study(
     except KeyError:
         study = None
     if study is not None:
-        stored = study.user_attrs.get(records.SPEC)
+        stored = study.user_attrs.get(records.SPEC) or _wait_for_spec(name, storage)
         if stored is None:
             raise UserError(f"study {name!r} already exists in {mask(url)} but was not created by 'sweep run'")
         old_spec = spec_from_dict(stored, source=f"stored spec of {name!r}")
@@ -185,11 +185,17 @@ def prepare_study(
             study.set_user_attr(records.FINGERPRINT, fp)
         study.set_user_attr(records.SPEC, new)
         study.set_user_attr(records.TARGET, spec.study.n_trials)
+        if not changed:
+            requeue_interrupted(study)
         return study, False
 
     directions = ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions)
-    study.set_user_attr(records.SPEC, new)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another process created it a moment ago (several workers started at once).
+        _wait_for_spec(name, storage)
+        return prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
     study.set_user_attr(records.FINGERPRINT, fp)
     study.set_user_attr(records.DATA, describe(dataset))
     study.set_user_attr(records.TARGET, spec.study.n_trials)
@@ -199,14 +205,56 @@ def prepare_study(
         study.set_metric_names(
             ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability score"]
         )
+    study.set_user_attr(records.SPEC, new)  # last: its presence marks a complete creation
     return study, True
+
+
+def _wait_for_spec(name: str, storage: Any, timeout: float = 15.0) -> dict[str, Any] | None:
+    """The stored spec of a study that another process may be creating right now."""
+    import optuna
+
+    deadline = time.time() + timeout
+    while True:
+        spec = optuna.load_study(study_name=name, storage=storage).user_attrs.get(records.SPEC)
+        if spec is not None or time.time() >= deadline:
+            return spec
+        time.sleep(0.5)
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue again, once each, the configurations whose trials were interrupted.
+
+    The sampler chose them; an interruption is no verdict on them. Returns the
+    numbers of the trials queued again (recorded in ``sweep:requeued``).
+    """
+    from optuna.trial import TrialState
+
+    done = set(study.user_attrs.get(records.REQUEUED, []))
+    again = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get(records.FAIL_REASON) == "interrupted" and t.number not in done
+    ]
+    for t in again:
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+    if again:
+        study.set_user_attr(records.REQUEUED, sorted(done | {t.number for t in again}))
+    return [t.number for t in again]
 
 
 # --------------------------------------------------------------------------- running
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """The cores this process may use: its CPU affinity, capped by a cgroup (container) CPU quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def threads_per_worker(spec: StudySpec, workers: int) -> int:
