@@ -328,6 +328,73 @@ def _write_csv(rows: list[Any]) -> None:
 
 
 @app.command()
+def dashboard(
+    study_file: Annotated[
+        Path | None, typer.Argument(help="A study file (its storage and artifact folder are used).", show_default=False)
+    ] = None,
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    artifacts: Annotated[
+        str | None, typer.Option("--artifacts", help="Artifact folder (default: the study's, as the workers wrote it).")
+    ] = None,
+) -> None:
+    """Open optuna-dashboard on the sweep's storage, with learning-curve artifacts wired in."""
+    with _errors():
+        from sweep.dashboard import default_artifacts, serve
+        from sweep.storage import mask, resolve_url
+
+        if study_file is not None:
+            from sweep.spec import load_spec
+
+            spec = load_spec(study_file)
+            url = resolve_url(storage, spec.study.storage)
+            location = artifacts or spec.dashboard.artifacts or default_artifacts(url)
+        else:
+            url = resolve_url(storage)
+            location = artifacts or _stored_artifacts(url) or default_artifacts(url)
+        err.print(f"optuna-dashboard on {mask(url)}" + (f", artifacts in {location}" if location else ""), markup=False)
+        try:
+            serve(url, host=host, port=port, artifacts=location, on_ready=lambda link: out.print(link, markup=False))
+        except KeyboardInterrupt:
+            err.print("stopped")
+        except OSError as exc:
+            raise UserError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _stored_artifacts(url: str) -> str | None:
+    """The artifact folder recorded in the specs of the studies in the storage, if any."""
+    import optuna
+
+    from sweep import records
+    from sweep.storage import open_storage
+
+    storage = open_storage(url, create=False)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        location = (summary.user_attrs.get(records.SPEC) or {}).get("dashboard", {}).get("artifacts")
+        if location:
+            return str(location)
+    return None
+
+
+@app.command()
+def copy(
+    from_url: Annotated[str, typer.Option("--from", help="The storage to copy from.", show_default=False)],
+    to_url: Annotated[str, typer.Option("--to", help="The storage to copy to.", show_default=False)],
+    study: Annotated[str | None, typer.Option("--study", help="Copy this study only (default: all).")] = None,
+) -> None:
+    """Copy a study (or all) to another storage: trials, params, curves, notes and spec."""
+    with _errors():
+        from sweep.transfer import copy_studies
+
+        for result in copy_studies(from_url=from_url, to_url=to_url, study=study):
+            out.print(
+                f"copied {result.study_name} ({result.trials} trials) from {result.source} to {result.destination}",
+                markup=False,
+            )
+
+
+@app.command()
 def proxy(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",

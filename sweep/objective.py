@@ -59,10 +59,11 @@ class TrialOutcome:
 class Objective:
     """The callable handed to ``study.optimize``."""
 
-    def __init__(self, spec: StudySpec, dataset: Dataset) -> None:
+    def __init__(self, spec: StudySpec, dataset: Dataset, *, artifact_store: Any = None) -> None:
         from sweep.data import make_splits, prepare
 
         self.spec = spec
+        self.artifact_store = artifact_store
         self.shape = model_shape(dataset)
         splits = make_splits(
             dataset,
@@ -123,6 +124,11 @@ class Objective:
         for key, value in records.summary_attrs(summary).items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("train_seconds", round(sum(c.seconds for c in curves), 3))
+        if self.spec.dashboard.notes:
+            from sweep.dashboard import write_trial
+
+            seconds = write_trial(trial, outcome, self.spec, self.artifact_store)
+            trial.set_user_attr("dashboard_seconds", round(seconds, 3))
         last = curves[-1]
         if last.stop is Stop.DIVERGED or not math.isfinite(summary.score):
             reason = (

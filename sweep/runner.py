@@ -280,7 +280,10 @@ def run_sweep(
     SIGINT/SIGTERM once every worker has ended its trial as FAIL
     ``interrupted``.
     """
+    from sweep.dashboard import default_artifacts
+
     url = resolve_url(storage, spec.study.storage)
+    spec = spec.with_artifacts(default_artifacts(url))
     study, created = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
     target = spec.study.n_trials
     done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))

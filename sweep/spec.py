@@ -423,6 +423,13 @@ class WorkerSection(_Section):
         raise ValueError(f"got {value!r}; allowed: 'auto' or an integer >= 1")
 
 
+class DashboardSection(_Section):
+    """What the workers write for optuna-dashboard; changes nothing in the results."""
+
+    notes: bool = True
+    artifacts: str | None = None  # a folder every worker can write, or s3://bucket/prefix
+
+
 class StudySpec(_Section):
     """A whole study file, validated and frozen."""
 
@@ -435,6 +442,7 @@ class StudySpec(_Section):
     sampler: SamplerSection = Field(default_factory=SamplerSection)
     pruner: PrunerSection = Field(default_factory=PrunerSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
+    dashboard: DashboardSection = Field(default_factory=DashboardSection)
 
     @model_validator(mode="before")
     @classmethod
@@ -464,6 +472,12 @@ class StudySpec(_Section):
         if self.data.source == "mackey_glass" and self.data.task not in (None, "forecast"):
             raise _FieldError(("data", "task"), f"got {self.data.task!r}; mackey_glass is 'forecast'")
         return self
+
+    def with_artifacts(self, location: str | None) -> StudySpec:
+        """This spec with ``dashboard.artifacts`` set (when the file left it empty)."""
+        if self.dashboard.artifacts is not None or location is None:
+            return self
+        return self.model_copy(update={"dashboard": self.dashboard.model_copy(update={"artifacts": location})})
 
     def drift_view(self) -> dict[str, Any]:
         """The parts of the spec that must not change when a study is resumed."""
@@ -542,11 +556,12 @@ def load_spec(
     for key, value in (updates or {}).items():
         if value is not None:
             _set_path(raw, key, value, origin=f"--{key.split('.')[-1].replace('_', '-')}")
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        data_path = Path(data["path"]).expanduser()
-        if not data_path.is_absolute():
-            data["path"] = str((file.parent / data_path).resolve())
+    for section, key in (("data", "path"), ("dashboard", "artifacts")):
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and "://" not in table[key]:
+            given = Path(table[key]).expanduser()
+            if not given.is_absolute():
+                table[key] = str((file.parent / given).resolve())
     return spec_from_dict(raw, source=str(file))
 
 

@@ -88,7 +88,7 @@ def open_storage(
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
-        path = _sqlite_path(url)
+        path = sqlite_path(url)
         if path is not None:
             if not create and not path.exists():
                 raise UserError(f"--storage: SQLite file '{path}' does not exist")
@@ -137,7 +137,8 @@ def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
         ) from None
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///FILE`` URL (None for in-memory databases)."""
     rest = url.split(":///", 1)[1] if ":///" in url else ""
     if not rest or rest.startswith(":memory:"):
         return None

@@ -142,7 +142,9 @@ def run_worker(
     dataset = load_dataset(**data_kwargs(spec))
     _check_data(study, spec, dataset)
     configure_threads(threads)
-    objective = Objective(spec, dataset)
+    from sweep.dashboard import artifact_store, refresh_study
+
+    objective = Objective(spec, dataset, artifact_store=artifact_store(spec.dashboard.artifacts))
 
     base_seed = spec.study.seed
     existing = len(study.get_trials(deepcopy=False))
@@ -169,12 +171,14 @@ def run_worker(
     while _has_room(study, target=target, deadline=deadline, signals=signals):
         finished: list[optuna.trial.FrozenTrial] = []
         study.optimize(
-                _guarded(objective, signals),
-                n_trials=1,
-                catch=(TrialFailed,),
-                callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
-                gc_after_trial=False,
+            _guarded(objective, signals),
+            n_trials=1,
+            catch=(TrialFailed,),
+            callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
+            gc_after_trial=False,
         )
+        if spec.dashboard.notes and finished:
+            refresh_study(study, url=url)
         signals.check()
         done_here += 1
         trial = finished[-1] if finished else None
@@ -218,6 +222,12 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     log.info("trial %d %s: %s%s", trial.number, state.lower(), detail, took)
 
 
+def _failure_note(trial: optuna.Trial, reason: str) -> None:
+    from sweep.dashboard import write_failure_note
+
+    write_failure_note(trial, reason)
+
+
 def _guarded(objective: Any, signals: _Signals) -> Any:
     """Make the objective interruptible, and record the reason of an unexpected error on the trial."""
     import optuna
@@ -229,6 +239,8 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             return objective(trial)
         except Interrupted:
             trial.set_user_attr(records.FAIL_REASON, "interrupted")
+            _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
+                          "queued again when the study is resumed.")
             raise
         except (TrialFailed, optuna.TrialPruned):
             raise
@@ -236,9 +248,12 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             raise
         except SweepError as exc:
             trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
+            _failure_note(trial, f"Error: {exc}")
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:
-            trial.set_user_attr(records.FAIL_REASON, f"error: {type(exc).__name__}: {exc}"[:500])
+            reason = f"error: {type(exc).__name__}: {exc}"[:500]
+            trial.set_user_attr(records.FAIL_REASON, reason)
+            _failure_note(trial, reason)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
             signals.training = False

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, run_cli, write_study
 
 EIGHT = {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size", "dropout", "l2"}
-COMMANDS = ["run", "worker", "status", "rank", "best"]
+COMMANDS = ["run", "worker", "status", "rank", "best", "copy", "proxy", "dashboard"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -213,3 +213,15 @@ def test_storage_is_reopened_without_creating_files(tmp_path: Path) -> None:
     assert "does not exist" in result.stderr
     assert not missing.exists()
     assert isinstance(open_storage(f"sqlite:///{tmp_path / 'new.db'}"), optuna.storages.RDBStorage)
+
+
+def test_copy_cli_moves_a_study_and_its_ranking(tmp_path: Path) -> None:
+    src, dst = f"sqlite:///{tmp_path / 'src.db'}", f"sqlite:///{tmp_path / 'dst.db'}"
+    make_study(src, tmp_path, CASES)
+    copied = run_cli("copy", "--from", src, "--to", dst, "--study", "ranked")
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout.strip() == f"copied ranked (6 trials) from {src} to {dst}"
+    assert rank("ranked", url=dst, include_all=True) == rank("ranked", url=src, include_all=True)
+    again = run_cli("copy", "--from", src, "--to", dst)
+    assert again.returncode == 2
+    assert "already has a study named 'ranked'; nothing was copied" in again.stderr
