@@ -72,9 +72,6 @@ def _main(
     ] = False,
 ) -> None:
     """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _parse_workers(value: str) -> int:

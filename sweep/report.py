@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sweep import records
-from sweep.errors import UserError
+from sweep.errors import StorageError, StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec, spec_from_dict
-from sweep.storage import load_study, mask
+from sweep.storage import load_study, mask, read_engine, scrub
 
 NUMERIC_FIELDS: tuple[str, ...] = (
     "score",
@@ -100,7 +100,7 @@ class StudyStatus:
 
 def study_status(study_name: str, *, url: str) -> StudyStatus:
     """Counts by state, progress toward the target and the best trial; reads only the storage."""
-    study = load_study(study_name, url)
+    study = _open(study_name, url)
     rows = _read_rows(study, keys=(*records.SUMMARY_FIELDS, records.FAIL_REASON))
     counts: dict[str, int] = {}
     for r in rows:
@@ -155,7 +155,7 @@ def rank(
         raise UserError(f"--tail: got {tail!r}; allowed: an integer >= 1")
     if top is not None and top < 1:
         raise UserError(f"--top: got {top!r}; allowed: an integer >= 1")
-    study = load_study(study_name, url)
+    study = _open(study_name, url)
     rescore = risk is not None or tail is not None
     keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON) + ((records.CURVES,) if rescore else ())
     rows = _read_rows(study, keys=keys)
@@ -169,11 +169,11 @@ def rank(
     return ranked[:top] if top else ranked
 
 
-def _stored_spec(study: Any) -> StudySpec:
+def _stored_spec(study: _Study) -> StudySpec:
     raw = study.user_attrs.get(records.SPEC)
     if raw is None:
-        raise UserError(f"study {study.study_name!r} has no sweep spec; it was not created by 'sweep run'")
-    return spec_from_dict(raw, source=f"stored spec of {study.study_name!r}")
+        raise UserError(f"study {study.name!r} has no sweep spec; it was not created by 'sweep run'")
+    return spec_from_dict(raw, source=f"stored spec of {study.name!r}")
 
 
 def _rescore(row: _Row, *, risk: float, tail: int) -> _Row:
@@ -219,53 +219,128 @@ def _num(value: Any) -> float | None:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_rows(study: Any, *, keys: Sequence[str]) -> list[_Row]:
+def _tables() -> dict[str, Any]:
+    """The columns of Optuna's schema that the reports read (quoted by each SQL dialect)."""
+    import sqlalchemy as sa
+
+    def table(name: str, *columns: str) -> Any:
+        return sa.table(name, *(sa.column(c) for c in columns))
+
+    return {
+        "studies": table("studies", "study_id", "study_name"),
+        "study_user_attributes": table("study_user_attributes", "study_id", "key", "value_json"),
+        "trials": table("trials", "trial_id", "number", "study_id", "state"),
+        "trial_user_attributes": table("trial_user_attributes", "trial_id", "key", "value_json"),
+        "trial_params": table("trial_params", "trial_id", "param_name", "param_value", "distribution_json"),
+    }
+
+
+class _LazyTables(dict[str, Any]):
+    def __missing__(self, name: str) -> Any:
+        self.update(_tables())
+        return self[name]
+
+
+_TABLES = _LazyTables()
+
+
+@dataclass
+class _Study:
+    """A study opened for reading: by SQL on a relational storage, else through Optuna."""
+
+    name: str
+    user_attrs: dict[str, Any]
+    engine: Any = None
+    study_id: int | None = None
+    optuna_study: Any = None
+
+
+def _open(study_name: str, url: str) -> _Study:
+    """Open ``study_name`` for reading without importing Optuna where SQL can do it.
+
+    Raises:
+        StudyNotFoundError: no such study (the message lists those there are).
+        StorageError: the storage cannot be read.
+    """
+    if url.startswith("grpc://"):
+        study = load_study(study_name, url)
+        return _Study(study_name, dict(study.user_attrs), optuna_study=study)
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine = read_engine(url)
+    studies, attrs_table = _TABLES["studies"], _TABLES["study_user_attributes"]
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(studies.c.study_id).where(studies.c.study_name == study_name)
+            ).first()
+            if row is None:
+                names = sorted(n for (n,) in conn.execute(sa.select(studies.c.study_name)).all())
+                listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+                raise StudyNotFoundError(f"study {study_name!r} not found in {mask(url)}; studies there: {listed}")
+            attrs = conn.execute(
+                sa.select(attrs_table.c.key, attrs_table.c.value_json).where(attrs_table.c.study_id == row[0])
+            ).all()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot read {mask(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
+    return _Study(study_name, {k: json.loads(v) for k, v in attrs}, engine=engine, study_id=int(row[0]))
+
+
+def _read_rows(study: _Study, *, keys: Sequence[str]) -> list[_Row]:
     """Every trial's number, state, params and the user attrs named in ``keys``."""
-    engine = _engine(study)
-    if engine is None:
+    if study.engine is None:
         return [
             _Row(t.number, t.state.name, dict(t.params), {k: t.user_attrs[k] for k in keys if k in t.user_attrs})
-            for t in study.get_trials(deepcopy=False)
+            for t in study.optuna_study.get_trials(deepcopy=False)
         ]
     import sqlalchemy as sa
-    from optuna.distributions import json_to_distribution
 
-    study_id = study._study_id
-    with engine.connect() as conn:
-        trials = conn.execute(
-            sa.text("SELECT trial_id, number, state FROM trials WHERE study_id = :s"), {"s": study_id}
-        ).all()
-        by_id = {tid: _Row(int(num), _state(state), {}, {}) for tid, num, state in trials}
+    trials, attrs, params = _TABLES["trials"], _TABLES["trial_user_attributes"], _TABLES["trial_params"]
+    mine = trials.c.study_id == study.study_id
+    with study.engine.connect() as conn:
+        rows = conn.execute(sa.select(trials.c.trial_id, trials.c.number, trials.c.state).where(mine)).all()
+        by_id = {tid: _Row(int(num), _state(state), {}, {}) for tid, num, state in rows}
         if not by_id:
             return []
-        attr_query = sa.text(
-            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
-            "JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = :s AND a.key IN :keys"
-        ).bindparams(sa.bindparam("keys", expanding=True))
-        for tid, key, value in conn.execute(attr_query, {"s": study_id, "keys": list(keys)}):
-            by_id[tid].attrs[key] = json.loads(value)
-        param_query = sa.text(
-            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json FROM trial_params p "
-            "JOIN trials t ON t.trial_id = p.trial_id WHERE t.study_id = :s"
+        attr_query = (
+            sa.select(attrs.c.trial_id, attrs.c.key, attrs.c.value_json)
+            .join(trials, trials.c.trial_id == attrs.c.trial_id)
+            .where(mine, attrs.c.key.in_(list(keys)))
         )
-        distributions: dict[str, Any] = {}
-        for tid, name, value, dist_json in conn.execute(param_query, {"s": study_id}):
-            dist = distributions.get(dist_json)
-            if dist is None:
-                dist = distributions[dist_json] = json_to_distribution(dist_json)
-            by_id[tid].params[name] = dist.to_external_repr(value)
+        for tid, key, value in conn.execute(attr_query).all():
+            by_id[tid].attrs[key] = json.loads(value)
+        param_query = (
+            sa.select(params.c.trial_id, params.c.param_name, params.c.param_value, params.c.distribution_json)
+            .join(trials, trials.c.trial_id == params.c.trial_id)
+            .where(mine)
+        )
+        external: dict[tuple[str, float], Any] = {}
+        for tid, name, value, dist_json in conn.execute(param_query).all():
+            key = (dist_json, value)
+            if key not in external:
+                external[key] = external_value(dist_json, value)
+            by_id[tid].params[name] = external[key]
     return list(by_id.values())
+
+
+def external_value(distribution_json: str, internal: float) -> Any:
+    """A parameter's value as the user sees it, from Optuna's stored form (no Optuna import).
+
+    Optuna stores a categorical choice as its index and numbers as floats;
+    ``distribution_json`` is ``{"name": ..., "attributes": {...}}``.
+    """
+    dist = json.loads(distribution_json)
+    name, attributes = dist["name"], dist["attributes"]
+    if name == "CategoricalDistribution":
+        return attributes["choices"][int(internal)]
+    if name in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"):
+        return int(internal)
+    return float(internal)
 
 
 def _state(raw: Any) -> str:
     return str(getattr(raw, "name", raw)).rsplit(".", 1)[-1]
-
-
-def _engine(study: Any) -> Any:
-    """The SQLAlchemy engine behind an RDB storage (also when Optuna wraps it in a cache)."""
-    storage = study._storage
-    storage = getattr(storage, "_backend", storage)
-    return getattr(storage, "engine", None)
 
 
 def _fmt(value: Any) -> str:

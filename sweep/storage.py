@@ -79,6 +79,8 @@ def open_storage(
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if url.startswith("grpc://"):
         host, _, port = url.removeprefix("grpc://").rpartition(":")
         try:
@@ -112,10 +114,32 @@ def open_storage(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=callback,
+                skip_table_creation=not create,
             )
     except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StorageError(f"cannot open storage {mask(url)}: {scrub(reason, url)}") from None
+
+
+def read_engine(url: str) -> Any:
+    """A SQLAlchemy engine for reading an existing relational storage (Optuna is not imported).
+
+    Raises:
+        UserError: a SQLite file that does not exist.
+        StorageError: the URL cannot be used (a missing driver, for example).
+    """
+    import sqlalchemy as sa
+
+    connect_args: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            raise UserError(f"--storage: SQLite file '{path}' does not exist")
+        connect_args["timeout"] = SQLITE_TIMEOUT_S
+    try:
+        return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
+    except (sa.exc.SQLAlchemyError, ImportError) as exc:
+        raise StorageError(f"cannot open storage {mask(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
 
 
 def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:

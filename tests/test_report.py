@@ -13,7 +13,7 @@ from optuna.trial import TrialState, create_trial
 from sweep import records
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.objective import curves_attr
-from sweep.report import _read_rows, rank, study_status
+from sweep.report import _open, _read_rows, rank, study_status
 from sweep.runner import prepare_study
 from sweep.space import distributions
 from sweep.spec import load_spec
@@ -136,11 +136,12 @@ def test_by_field_and_top(tmp_path: Path) -> None:
         rank("ranked", url=url, risk=-1.0)
 
 
-def test_sql_reader_matches_optuna_api(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    study, _ = make_study(url, tmp_path, CASES)
+def test_sql_reader_matches_optuna_api(storage_url: str, tmp_path: Path) -> None:
+    study, _ = make_study(storage_url, tmp_path, CASES)
     keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.CURVES)
-    fast = {r.number: r for r in _read_rows(study, keys=keys)}
+    opened = _open("ranked", storage_url)
+    assert opened.user_attrs == study.user_attrs
+    fast = {r.number: r for r in _read_rows(opened, keys=keys)}
     for t in study.get_trials():
         row = fast[t.number]
         assert row.state == t.state.name
