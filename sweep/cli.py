@@ -354,9 +354,10 @@ def dashboard(
         try:
             serve(url, host=host, port=port, artifacts=location, on_ready=lambda link: out.print(link, markup=False))
         except KeyboardInterrupt:
-            err.print("stopped")
+            pass
         except OSError as exc:
             raise UserError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        err.print("stopped")
 
 
 def _stored_artifacts(url: str) -> str | None:

@@ -115,7 +115,7 @@ def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
         lines += [f"### Trial {number}: {s.diagnosis.value}", "", s.hint, ""]
     lines += [
         f"**Score {_f(s.score)}** = tail_mean {_f(s.tail_mean)} + {spec.stability.risk:g} × tail_std "
-        f"{_f(s.tail_std)} (last {spec.stability.tail} epochs of each repeat)",
+        f"{_f(s.tail_std)} ({tail_words(outcome, spec.stability.tail)})",
         "",
         "| component | value | meaning |",
         "|---|---|---|",
@@ -130,6 +130,14 @@ def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
         + f"; {sum(c.seconds for c in curves):.1f} s of training.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def tail_words(outcome: TrialOutcome, tail: int) -> str:
+    """The tail window as the score used it: the last min(tail, length) epochs of each repeat."""
+    used = sorted({min(tail, c.epochs) for c in outcome.curves})
+    if len(used) == 1:
+        return f"last {used[0]} epoch{'s' * (used[0] != 1)} of each repeat"
+    return f"last {tail} epochs of each repeat, fewer where a repeat was shorter"
 
 
 def _upload_curves(trial: optuna.Trial, outcome: TrialOutcome, spec: StudySpec, store: Any) -> None:
@@ -160,7 +168,7 @@ def plot_curves(outcome: TrialOutcome, spec: StudySpec, path: str, *, title: str
             if c.epochs:
                 ax.axvspan(max(0.5, c.epochs - min(tail, c.epochs) + 0.5), c.epochs + 0.5, color=color, alpha=0.08)
         s = outcome.summary
-        ax.set_title(f"{title}: score {_f(s.score)}, {s.diagnosis.value} (tail of {tail} epochs shaded)", fontsize=9)
+        ax.set_title(f"{title}: score {_f(s.score)}, {s.diagnosis.value} ({tail_words(outcome, tail)}, shaded)", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.set_xlim(0.5, longest + 0.5)

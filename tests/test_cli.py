@@ -202,3 +202,18 @@ def test_sigterm_marks_the_running_trial_interrupted(tmp_path: Path) -> None:
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert len(interrupted) == 1 and interrupted[0].state.name == "FAIL"
     assert "Traceback" not in stderr
+
+
+def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'to.db'}"
+    study = write_study(tmp_path, name="timed", n_trials=50, epochs=2)
+    started = time.time()
+    result = run_cli("run", str(study), "--storage", url, "--timeout", "2s", "-q")
+    assert result.returncode == 0, result.stderr
+    assert time.time() - started < 120
+    import optuna
+
+    trials = optuna.load_study(study_name="timed", storage=url).trials
+    assert len(trials) < 50
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert "of 50 trials done" in result.stdout

@@ -1,0 +1,603 @@
+"""What the workers write for optuna-dashboard, and the dashboard itself in a real browser.
+
+The unit tests build trial outcomes by hand (no training). The end-to-end test runs a real
+three-trial sweep with the real CLI, starts ``sweep dashboard`` on it, and reads the notes,
+the stability figure and the learning-curve artifacts in headless Chromium. Its screenshots go
+to ``test-output/dashboard/``; with ``SWEEP_UPDATE_SCREENSHOTS=1`` they also replace the
+README's images in ``docs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sweep import records
+from sweep.dashboard import (
+    STUDY_FIGURE_ID,
+    TOP_IN_NOTE,
+    artifact_store,
+    default_artifacts,
+    guarded,
+    plot_curves,
+    refresh_study,
+    stability_figure,
+    study_note,
+    trial_note,
+    write_failure_note,
+    write_trial,
+)
+from sweep.objective import TrialOutcome, curves_attr
+from sweep.report import RankedTrial
+from sweep.spec import StudySpec, load_spec
+from sweep.stability import Diagnosis, summarize
+from sweep.train import Curves, Stop
+from tests.conftest import ROOT, run_cli, write_study
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SCREENSHOTS = ROOT / "test-output" / "dashboard"
+DOCS = ROOT / "docs"
+UPDATE_SCREENSHOTS = "SWEEP_UPDATE_SCREENSHOTS"
+WAIT_MS = 30_000
+SERVER_WAIT_S = 60.0
+DIAGNOSES = tuple(d.value for d in Diagnosis)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> StudySpec:
+    """The tiny study with a risk of 2, a tail of 3 and a median pruner, so each shows in the notes."""
+    return load_spec(
+        write_study(tmp_path),
+        overrides=["stability.risk=2", "stability.tail=3", "pruner.name=median"],
+    )
+
+
+def _outcome(curves: list[Curves], spec: StudySpec) -> TrialOutcome:
+    summary = summarize(
+        [c.val_loss for c in curves],
+        [c.loss for c in curves],
+        tail=spec.stability.tail,
+        risk=spec.stability.risk,
+    )
+    return TrialOutcome(curves=tuple(curves), summary=summary)
+
+
+def _overfitting(spec: StudySpec) -> TrialOutcome:
+    return _outcome(
+        [
+            Curves(loss=(1.0, 0.7, 0.5, 0.35, 0.25, 0.18), val_loss=(1.0, 0.7, 0.6, 0.7, 0.8, 0.9),
+                   stop=Stop.EARLY_STOPPED, seconds=1.5),
+            Curves(loss=(1.0, 0.72, 0.52, 0.36, 0.26, 0.19), val_loss=(1.0, 0.71, 0.61, 0.71, 0.8, 0.92),
+                   stop=Stop.EARLY_STOPPED, seconds=1.25),
+        ],
+        spec,
+    )
+
+
+def _pruned(spec: StudySpec) -> TrialOutcome:
+    return _outcome([Curves(loss=(2.3, 2.2), val_loss=(2.31, 2.25), stop=Stop.PRUNED, seconds=0.5)], spec)
+
+
+def _diverged(spec: StudySpec) -> TrialOutcome:
+    nan = math.nan
+    return _outcome([Curves(loss=(1.0, 5.0, nan), val_loss=(1.0, 8.0, nan), stop=Stop.DIVERGED, seconds=0.7)], spec)
+
+
+def _f(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE, f"{path} is not a PNG: {head[:8]!r}"
+    assert head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    return width, height
+
+
+def _ranked(n: int) -> list[RankedTrial]:
+    """``n`` complete trials in rank order, numbered out of order so rank and number differ."""
+    rows = []
+    for i in range(n):
+        tail_mean, tail_std = 0.5 + 0.1 * i, 0.01 * (n - i)
+        rows.append(
+            RankedTrial(
+                rank=i + 1,
+                number=(7 * i + 3) % n,
+                state="COMPLETE",
+                score=tail_mean + tail_std,
+                tail_mean=tail_mean,
+                tail_std=tail_std,
+                best=tail_mean - 0.05,
+                degradation=0.05,
+                oscillation=0.01,
+                gap=0.02,
+                repeat_spread=0.01,
+                diagnosis="stable",
+                hint="nothing to change",
+                params={"n_layers": 1, "units": 8 + i, "learning_rate": 0.001, "optimizer": "adam",
+                        "batch_size": 64, "dropout": 0.1, "l2": 1e-5},
+            )
+        )
+    return rows
+
+
+def _note_rows(note: str) -> list[list[str]]:
+    """The data rows of the note's markdown table."""
+    lines = [line for line in note.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+# --------------------------------------------------------------------------- trial notes
+
+
+def test_trial_note_of_a_complete_trial_gives_diagnosis_hint_and_score_with_its_components(spec: StudySpec) -> None:
+    outcome = _overfitting(spec)
+    s = outcome.summary
+    assert s.diagnosis is Diagnosis.OVERFITTING
+    assert s.score == pytest.approx(s.tail_mean + spec.stability.risk * s.tail_std)
+
+    note = trial_note(4, outcome, spec)
+
+    assert note.startswith("### Trial 4: overfitting\n\n" + s.hint + "\n")
+    assert (
+        f"**Score {_f(s.score)}** = tail_mean {_f(s.tail_mean)} + 2 × tail_std {_f(s.tail_std)} "
+        "(last 3 epochs of each repeat)"
+    ) in note
+    for name in ("best", "degradation", "oscillation", "gap", "repeat_spread"):
+        assert f"| {name} | {_f(getattr(s, name))} |" in note, name
+    assert "Repeats: 6 epochs (early_stopped), 6 epochs (early_stopped); 2.8 s of training." in note
+
+
+def test_trial_note_of_a_pruned_trial_says_where_and_why(spec: StudySpec) -> None:
+    note = trial_note(5, _pruned(spec), spec)
+
+    assert note.startswith("### Trial 5: pruned at epoch 2 of repeat 0\n")
+    assert (
+        "The median pruner stopped it: its validation loss at epoch 2 (2.25) was worse than the other "
+        "trials' at that epoch, so its other 1 repeat(s) were not trained."
+    ) in note
+    assert "Pruned trials are never ranked above complete ones." in note
+    assert "Repeats: 2 epochs (pruned); 0.5 s of training." in note
+
+
+def test_trial_note_of_a_diverged_trial_gives_the_hint_and_an_infinite_score(spec: StudySpec) -> None:
+    outcome = _diverged(spec)
+    assert outcome.summary.diagnosis is Diagnosis.DIVERGED
+
+    note = trial_note(6, outcome, spec)
+
+    assert note.startswith("### Trial 6: diverged\n\n" + outcome.summary.hint + "\n")
+    assert "lower the learning rate" in note
+    assert "**Score inf** = tail_mean inf + 2 × tail_std inf" in note
+    assert "| best | 1 |" in note
+    assert "Repeats: 3 epochs (diverged); 0.7 s of training." in note
+    assert "| nan |" not in note
+
+
+def test_trial_note_names_the_tail_window_actually_used(tmp_path: Path) -> None:
+    spec = load_spec(write_study(tmp_path, epochs=3))
+    assert spec.stability.tail == 5
+    curves = [
+        Curves(loss=(2.0, 1.5, 1.2), val_loss=(1.9, 1.4, 1.3)),
+        Curves(loss=(2.1, 1.6, 1.3), val_loss=(2.0, 1.5, 1.35)),
+    ]
+
+    note = trial_note(0, _outcome(curves, spec), spec)
+
+    assert "last 5 epochs" not in note
+    assert "(last 3 epochs of each repeat)" in note
+
+
+# --------------------------------------------------------------------------- study note and figure
+
+
+def test_study_note_lists_the_top_ten_in_rank_order() -> None:
+    ranked = _ranked(12)
+
+    note = study_note("demo", ranked)
+
+    assert note.startswith("### Stability ranking of demo (top 10 of 12 complete)\n")
+    assert "score = tail_mean + risk × tail_std" in note
+    rows = _note_rows(note)
+    assert len(rows) == TOP_IN_NOTE
+    assert [int(r[0]) for r in rows] == list(range(1, 11))
+    assert [int(r[1]) for r in rows] == [r.number for r in ranked[:10]]
+    first = ranked[0]
+    assert rows[0][2:6] == [_f(first.score), _f(first.tail_mean), _f(first.tail_std), "stable"]
+    assert rows[0][6:] == ["1", "8", "0.001", "adam", "64", "0.1", "1e-05"]
+
+
+def test_study_note_without_complete_trials_says_so() -> None:
+    note = study_note("demo", [])
+
+    assert note.startswith("### Stability ranking of demo\n\nNo complete trial yet (")
+
+
+def test_stability_figure_marks_the_top_ten_and_greys_the_rest() -> None:
+    ranked = _ranked(12)
+
+    fig = stability_figure(ranked)
+
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"other complete trials", "top 10 by stability score"}
+    top = traces["top 10 by stability score"]
+    assert list(top.text) == [f"#{r.number}" for r in ranked[:10]]
+    assert list(top.x) == [r.tail_mean for r in ranked[:10]]
+    assert list(top.y) == [r.tail_std for r in ranked[:10]]
+    assert f"trial {ranked[0].number} (rank 1)" in top.hovertext[0]
+    rest = traces["other complete trials"]
+    assert list(rest.x) == [r.tail_mean for r in ranked[10:]]
+    assert fig.layout.title.text.startswith("Stability: where training ends (tail_mean)")
+    assert fig.layout.xaxis.title.text == "tail_mean (lower is better)"
+    assert fig.layout.yaxis.title.text == "tail_std (lower is better)"
+
+
+def test_stability_figure_of_few_trials_has_only_the_top_trace() -> None:
+    fig = stability_figure(_ranked(3))
+
+    assert [t.name for t in fig.data] == ["top 3 by stability score"]
+
+
+def test_refresh_study_writes_the_ranking_note_and_the_figure(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    study = optuna.create_study(study_name="refresh", storage=url)
+    dist = {"units": optuna.distributions.IntDistribution(1, 64)}
+    for i, level in enumerate([0.9, 0.3, 0.6]):
+        curves = [Curves(loss=(1.0, level, level), val_loss=(1.0, level, level + 0.01))]
+        s = summarize([c.val_loss for c in curves], [c.loss for c in curves], tail=2)
+        study.add_trial(optuna.trial.create_trial(
+            params={"units": 8 + i}, distributions=dist, value=s.score,
+            user_attrs={**records.summary_attrs(s), records.CURVES: curves_attr(curves)},
+        ))
+
+    refresh_study(study, url=url)
+
+    from optuna_dashboard import get_note
+    from optuna_dashboard._custom_plot_data import get_plotly_graph_objects
+
+    note = get_note(study)
+    assert note.startswith("### Stability ranking of refresh (top 3 of 3 complete)")
+    assert [int(r[1]) for r in _note_rows(note)] == [1, 2, 0]
+    figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
+    assert set(figures) == {STUDY_FIGURE_ID}
+    figure = json.loads(figures[STUDY_FIGURE_ID])
+    assert figure["data"][0]["text"] == ["#1", "#2", "#0"]
+
+
+# --------------------------------------------------------------------------- learning curves
+
+
+@pytest.mark.parametrize("make", [_overfitting, _pruned, _diverged], ids=["overfitting", "pruned", "diverged"])
+def test_plot_curves_writes_a_png(spec: StudySpec, tmp_path: Path, make: Any) -> None:
+    path = tmp_path / "curves.png"
+
+    plot_curves(make(spec), spec, str(path), title="trial 3")
+
+    assert _png_size(path) == (640, 360)
+    assert path.stat().st_size > 5_000
+
+
+# --------------------------------------------------------------------------- guarded writes
+
+
+def test_guarded_logs_an_exception_and_carries_on(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sweep.dashboard")
+
+    with guarded("the note of trial 9"):
+        raise RuntimeError("store offline")
+
+    message = "dashboard: could not write the note of trial 9: RuntimeError: store offline"
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        ("sweep.dashboard", logging.WARNING, message)
+    ]
+
+
+def test_guarded_lets_an_interrupt_through() -> None:
+    with pytest.raises(KeyboardInterrupt), guarded("anything"):
+        raise KeyboardInterrupt
+
+
+class _BrokenStore:
+    """An artifact store whose every write fails, like a full disk or an unreachable bucket."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.writes += 1
+        raise OSError(28, "No space left on device")
+
+    def open_reader(self, artifact_id: str) -> Any:
+        raise FileNotFoundError(artifact_id)
+
+    def remove(self, artifact_id: str) -> None:
+        raise FileNotFoundError(artifact_id)
+
+
+def test_a_failed_artifact_write_does_not_fail_the_trial(spec: StudySpec, caplog: pytest.LogCaptureFixture) -> None:
+    from optuna_dashboard import get_note
+
+    caplog.set_level(logging.WARNING, logger="sweep.dashboard")
+    study = optuna.create_study()
+    trial = study.ask()
+    store = _BrokenStore()
+
+    seconds = write_trial(trial, _overfitting(spec), spec, store)
+
+    assert seconds >= 0
+    assert store.writes == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"dashboard: could not write the learning curves of trial {trial.number}: OSError: "
+        "[Errno 28] No space left on device"
+    ]
+    assert get_note(trial).startswith(f"### Trial {trial.number}: overfitting")
+    study.tell(trial, 1.0)
+    assert study.trials[0].state is optuna.trial.TrialState.COMPLETE
+
+
+def test_write_trial_uploads_the_learning_curves(spec: StudySpec, tmp_path: Path) -> None:
+    from optuna.artifacts import get_all_artifact_meta
+
+    store = artifact_store(str(tmp_path / "artifacts"))
+    study = optuna.create_study()
+    trial = study.ask()
+
+    write_trial(trial, _overfitting(spec), spec, store)
+
+    metas = get_all_artifact_meta(trial)
+    assert [(m.filename, m.mimetype) for m in metas] == [(f"learning-curves-trial-{trial.number}.png", "image/png")]
+    files = list((tmp_path / "artifacts").iterdir())
+    assert len(files) == 1
+    assert _png_size(files[0]) == (640, 360)
+
+
+def test_failure_note(caplog: pytest.LogCaptureFixture) -> None:
+    from optuna_dashboard import get_note
+
+    study = optuna.create_study()
+    trial = study.ask()
+
+    write_failure_note(trial, "ValueError: bad input shape")
+
+    assert get_note(trial) == f"### Trial {trial.number}: failed\n\nValueError: bad input shape\n"
+    assert not caplog.records
+
+
+# --------------------------------------------------------------------------- artifact locations
+
+
+def test_default_artifacts_sit_beside_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_artifacts(f"sqlite:///{tmp_path / 'sweep.db'}") == str(tmp_path / "sweep-artifacts")
+    assert default_artifacts(f"sqlite:///{tmp_path / 'runs.v2.db'}?timeout=60") == str(tmp_path / "runs.v2-artifacts")
+    monkeypatch.chdir(tmp_path)
+    assert default_artifacts("sqlite:///sub/d.db") == str(tmp_path.resolve() / "sub" / "d-artifacts")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://user:secret@db.example:5432/sweeps",
+        "mysql+pymysql://root@127.0.0.1:3306/test",
+        "sqlite:///:memory:",
+        "grpc://proxy:13000",
+    ],
+)
+def test_default_artifacts_elsewhere_is_none(url: str) -> None:
+    assert default_artifacts(url) is None
+
+
+def test_artifact_store_for_a_folder_creates_it(tmp_path: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    folder = tmp_path / "a" / "b"
+
+    assert isinstance(artifact_store(str(folder)), FileSystemArtifactStore)
+    assert folder.is_dir()
+    assert artifact_store(None) is None
+    assert artifact_store("") is None
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+
+def _browser() -> tuple[Any, str]:
+    """Playwright's sync API and Debian's Chromium, or a skip that says which is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install 'playwright>=1.40'); .ci/run installs it")
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium); .ci/run installs it")
+    return sync_playwright, chromium
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + SERVER_WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sweep dashboard exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"sweep dashboard did not answer {url} within {SERVER_WAIT_S:.0f} s: {log.read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+            pytest.fail("sweep dashboard did not stop within 15 s of SIGINT")
+    return int(proc.returncode)
+
+
+@pytest.mark.slow
+def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path: Path) -> None:
+    sync_playwright, chromium = _browser()
+    db = tmp_path / "d.db"
+    url = f"sqlite:///{db}"
+    result = run_cli("run", str(write_study(tmp_path, n_trials=3, epochs=3)), "--storage", url, "--n-trials", "3", "-q")
+    assert result.returncode == 0, result.stderr
+
+    artifacts = tmp_path / "d-artifacts"
+    stored = sorted(artifacts.iterdir())
+    assert len(stored) == 3, stored
+    for path in stored:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    study = optuna.load_study(study_name="tiny", storage=url)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    from optuna.artifacts import get_all_artifact_meta
+
+    for t in trials:
+        assert [m.filename for m in get_all_artifact_meta(t, storage=study._storage)] == [
+            f"learning-curves-trial-{t.number}.png"
+        ]
+    chosen = trials[-1]
+    diagnosis = chosen.user_attrs["diagnosis"]
+    assert diagnosis in DIAGNOSES
+    best = min(trials, key=lambda t: t.user_attrs["score"])
+
+    port = _free_port()
+    out_log, err_log = tmp_path / "dashboard.out", tmp_path / "dashboard.err"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SWEEP_STORAGE", None)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with out_log.open("w") as out, err_log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", "dashboard", "--storage", url, "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
+        )
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/dashboard", proc, err_log)
+        assert out_log.read_text().strip() == f"http://127.0.0.1:{port}/dashboard"
+        assert f"artifacts in {artifacts.resolve()}" in err_log.read_text()
+        base = f"http://127.0.0.1:{port}"
+
+        with sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(
+                user_data_dir=str(tmp_path / "profile"),
+                executable_path=chromium,
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                      "--disable-component-update", "--no-first-run"],
+                viewport={"width": 1400, "height": 1000},
+            )
+            context.set_default_timeout(WAIT_MS)
+            try:
+                page = context.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+                # The study list links to the study; its id comes from the app, not a guess.
+                page.goto(base + "/dashboard")
+                page.locator("a[href*='/dashboard/studies/']", has_text="tiny").first.click()
+                page.wait_for_url(re.compile(r".*/dashboard/studies/\d+$"))
+                study_id = int(page.url.rsplit("/", 1)[1])
+                assert study_id == study._study_id
+
+                # The study page: the stability figure the workers saved.
+                title = page.get_by_text("Stability: where training ends")
+                title.wait_for()
+                figure = page.locator(".js-plotly-plot", has=title)
+                assert figure.count() == 1
+                assert figure.get_by_text(f"#{best.number}", exact=True).count() == 1
+                page.set_viewport_size({"width": 1400, "height": 1750})
+                figure.scroll_into_view_if_needed()
+                page.screenshot(path=str(SCREENSHOTS / "study.png"))
+                page.set_viewport_size({"width": 1400, "height": 1000})
+
+                # The study note: the ranking, best first.
+                page.locator(f"a[href$='/studies/{study_id}/note']").click()
+                page.get_by_text("Stability ranking of tiny (top 3 of 3 complete)").wait_for()
+                rows = page.locator("table tbody tr")
+                assert rows.count() == 3
+                assert rows.first.locator("td").nth(1).inner_text().strip() == str(best.number)
+                page.screenshot(path=str(SCREENSHOTS / "note.png"))
+
+                # The trial list.
+                page.locator(f"a[href$='/studies/{study_id}/trials']").click()
+                page.get_by_text("3 Trials", exact=True).wait_for()
+                for t in trials:
+                    page.get_by_text(f"Trial {t.number}", exact=True).first.wait_for()
+                page.screenshot(path=str(SCREENSHOTS / "trials.png"))
+
+                # One trial: its diagnosis note and its learning curves.
+                page.get_by_text(f"Trial {chosen.number}", exact=True).first.click()
+                page.wait_for_url(re.compile(rf".*/trials\?numbers={chosen.number}$"))
+                page.get_by_text(f"Trial {chosen.number} (trial_id=").wait_for()
+                page.get_by_role("heading", name=f"Trial {chosen.number}: {diagnosis}").wait_for()
+                score = page.locator("strong", has_text=re.compile(r"^Score "))
+                assert score.inner_text() == f"Score {chosen.user_attrs['score']:.4g}"
+                assert page.get_by_text(chosen.user_attrs["hint"]).count() >= 1
+                name = f"learning-curves-trial-{chosen.number}.png"
+                page.get_by_text(name, exact=True).wait_for()
+                image = page.locator(f"img[alt='{name}']")
+                image.wait_for()
+                page.wait_for_function(
+                    "alt => { const i = document.querySelector(`img[alt='${alt}']`);"
+                    " return i && i.complete && i.naturalWidth > 0; }",
+                    arg=name,
+                    timeout=WAIT_MS,
+                )
+                assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 360]
+                page.set_viewport_size({"width": 1400, "height": 1900})
+                page.mouse.move(1399, 1899)
+                page.evaluate("() => document.activeElement && document.activeElement.blur()")
+                page.wait_for_function("() => !document.querySelector('.MuiTouchRipple-child')", timeout=WAIT_MS)
+                box = image.bounding_box()
+                assert box is not None
+                bottom = min(1900, int(box["y"] + box["height"] + 80))
+                clip = {"x": 0, "y": 0, "width": 1400, "height": bottom}
+                page.screenshot(path=str(SCREENSHOTS / "trial.png"), clip=clip)
+                assert not errors, errors
+            finally:
+                context.close()
+    finally:
+        code = _stop(proc)
+    stderr = err_log.read_text()
+    assert code == 0, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.rstrip().endswith("stopped")
+
+    for shot in ("study", "note", "trials", "trial"):
+        assert _png_size(SCREENSHOTS / f"{shot}.png")[0] == 1400
+    if os.environ.get(UPDATE_SCREENSHOTS) == "1":
+        DOCS.mkdir(exist_ok=True)
+        shutil.copyfile(SCREENSHOTS / "trial.png", DOCS / "dashboard-trial.png")
+        shutil.copyfile(SCREENSHOTS / "study.png", DOCS / "dashboard-study.png")
