@@ -70,7 +70,7 @@ def retrain_best(
     top = ranked[0]
 
     from sweep.data import load_dataset, make_splits, prepare
-    from sweep.objective import model_shape
+    from sweep.objective import model_shape, repeat_seed
     from sweep.runner import default_workers
     from sweep.space import Hyperparams
     from sweep.stability import summarize
@@ -79,7 +79,7 @@ def retrain_best(
 
     configure_threads(threads or default_workers())
     dataset = load_dataset(**data_kwargs(spec))
-    base = spec.study.seed or 0
+    base = repeat_seed(spec.study.seed, 0)
     (split,) = make_splits(dataset, n_splits=1, validation_fraction=spec.data.validation_fraction, seed=base)
     data = prepare(dataset, split)
     params = Hyperparams.from_params(top.params)

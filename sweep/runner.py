@@ -98,7 +98,7 @@ def _load_data(spec: StudySpec) -> Any:
     """Load and check the data (and its fit with the model family and the splits)."""
     from sweep.data import load_dataset, make_splits
     from sweep.model import check_family
-    from sweep.objective import model_shape
+    from sweep.objective import model_shape, repeat_seed
     from sweep.worker import data_kwargs
 
     dataset = load_dataset(**data_kwargs(spec))
@@ -107,7 +107,7 @@ def _load_data(spec: StudySpec) -> Any:
         dataset,
         n_splits=spec.training.repeats,
         validation_fraction=spec.data.validation_fraction,
-        seed=spec.study.seed or 0,
+        seed=repeat_seed(spec.study.seed, 0),
     )
     return dataset
 
