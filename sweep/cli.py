@@ -165,6 +165,9 @@ def worker(
             seconds = parse_duration(timeout)
         except ValueError as exc:
             raise UserError(f"--timeout: {exc}") from None
+        if seconds is None and target is None:
+            # A study with a time limit and no trial count: the limit applies to this worker too.
+            seconds = spec.study.timeout
         n_workers = _parse_workers(workers)
         with _progress_bar(target, quiet=quiet) as (on_progress, on_output):
             supervise(

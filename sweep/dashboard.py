@@ -38,8 +38,12 @@ TOP_IN_NOTE = 10
 @contextmanager
 def guarded(what: str) -> Iterator[None]:
     """Log a failed dashboard write and carry on: the dashboard never fails a trial."""
+    from sweep.errors import Interrupted
+
     try:
         yield
+    except Interrupted:
+        raise
     except Exception as exc:  # a broken store or figure must not cost the trial
         log.warning("dashboard: could not write %s: %s: %s", what, type(exc).__name__, exc)
 

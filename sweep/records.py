@@ -86,12 +86,14 @@ def counts_toward_target(trial: FrozenTrial) -> bool:
     outside reason (interrupted, its worker died, a surplus trial) does not:
     the sweep runs another in its place.
     """
-    from optuna.trial import TrialState
+    return counts(trial.state.name, trial.user_attrs.get(FAIL_REASON))
 
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+
+def counts(state: str, fail_reason: Any) -> bool:
+    """:func:`counts_toward_target` from a trial's state name and ``fail_reason``."""
+    if state in ("COMPLETE", "PRUNED"):
         return True
-    reason = trial.user_attrs.get(FAIL_REASON)
-    return trial.state == TrialState.FAIL and isinstance(reason, str) and reason.startswith(DIVERGED_PREFIX)
+    return state == "FAIL" and isinstance(fail_reason, str) and fail_reason.startswith(DIVERGED_PREFIX)
 
 
 def summary_attrs(summary: Summary) -> dict[str, Any]:

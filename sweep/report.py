@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sweep import records
-from sweep.errors import StorageError, StudyNotFoundError, UserError
+from sweep.errors import StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec, spec_from_dict
-from sweep.storage import load_study, mask, read_engine, scrub
+from sweep.storage import load_study, mask, read_engine, storage_error
 
 NUMERIC_FIELDS: tuple[str, ...] = (
     "score",
@@ -120,10 +120,7 @@ def study_status(study_name: str, *, url: str) -> StudyStatus:
 
 
 def _counts(row: _Row) -> bool:
-    if row.state in ("COMPLETE", "PRUNED"):
-        return True
-    reason = row.attrs.get(records.FAIL_REASON)
-    return row.state == "FAIL" and isinstance(reason, str) and reason.startswith(records.DIVERGED_PREFIX)
+    return records.counts(row.state, row.attrs.get(records.FAIL_REASON))
 
 
 # --------------------------------------------------------------------------- ranking
@@ -283,7 +280,7 @@ def _open(study_name: str, url: str) -> _Study:
                 sa.select(attrs_table.c.key, attrs_table.c.value_json).where(attrs_table.c.study_id == row[0])
             ).all()
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot read {mask(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
+        raise storage_error(url, exc) from None
     return _Study(study_name, {k: json.loads(v) for k, v in attrs}, engine=engine, study_id=int(row[0]))
 
 

@@ -56,6 +56,10 @@ def retrain_best(
     """
     if seeds < 1:
         raise UserError(f"--retrain-seeds: got {seeds}; allowed: an integer >= 1")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out: cannot use '{out_dir}' as a folder: {exc.strerror or exc}") from None
     from sweep.report import rank
     from sweep.runner import open_sweep
 
@@ -75,17 +79,17 @@ def retrain_best(
     from sweep.space import Hyperparams
     from sweep.stability import summarize
     from sweep.train import configure_threads, fit_repeat, release
-    from sweep.worker import data_kwargs
+    from sweep.worker import check_data, data_kwargs
 
-    configure_threads(threads or default_workers())
     dataset = load_dataset(**data_kwargs(spec))
+    check_data(study, spec, dataset)
+    configure_threads(threads or default_workers())
     base = repeat_seed(spec.study.seed, 0)
     (split,) = make_splits(dataset, n_splits=1, validation_fraction=spec.data.validation_fraction, seed=base)
     data = prepare(dataset, split)
     params = Hyperparams.from_params(top.params)
     shape = model_shape(dataset)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[tuple[float, int, Any]] = []
     seed_list = tuple(base + FRESH_SEED_OFFSET + i for i in range(seeds))
     for seed in seed_list:
@@ -108,8 +112,7 @@ def retrain_best(
     median_run = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
     model_path = out_dir / f"{study_name}-trial{top.number}.keras"
     median_run[2].save(model_path)
-    for _, _, model in runs:
-        del model
+    runs.clear()
     release()
 
     result = RetrainResult(

@@ -88,10 +88,7 @@ def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
     if raw is None:
         raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
     spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
-    opts = storage_options(spec)
-    if opts["heartbeat_interval"]:
-        study = load_study(study_name, url, **opts)
-    return study, spec
+    return load_study(study_name, url, **storage_options(spec)), spec
 
 
 def _load_data(spec: StudySpec) -> Any:
@@ -185,8 +182,7 @@ def prepare_study(
             study.set_user_attr(records.FINGERPRINT, fp)
         study.set_user_attr(records.SPEC, new)
         study.set_user_attr(records.TARGET, spec.study.n_trials)
-        if not changed:
-            requeue_interrupted(study)
+        requeue_interrupted(study, enqueue=not changed)
         return study, False
 
     directions = ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
@@ -221,11 +217,14 @@ def _wait_for_spec(name: str, storage: Any, timeout: float = 15.0) -> dict[str, 
         time.sleep(0.5)
 
 
-def requeue_interrupted(study: optuna.Study) -> list[int]:
+def requeue_interrupted(study: optuna.Study, *, enqueue: bool = True) -> list[int]:
     """Queue again, once each, the configurations whose trials were interrupted.
 
     The sampler chose them; an interruption is no verdict on them. Returns the
-    numbers of the trials queued again (recorded in ``sweep:requeued``).
+    numbers of the trials queued again (recorded in ``sweep:requeued``). With
+    ``enqueue=False`` (the spec changed, so they may not fit the new space)
+    they are only marked as handled. Two processes resuming at once may both
+    queue one; the worker runs the first and ends the other as surplus.
     """
     from optuna.trial import TrialState
 
@@ -235,7 +234,7 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         if t.user_attrs.get(records.FAIL_REASON) == "interrupted" and t.number not in done
     ]
-    for t in again:
+    for t in again if enqueue else []:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     if again:
         study.set_user_attr(records.REQUEUED, sorted(done | {t.number for t in again}))
@@ -319,13 +318,14 @@ def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
         counts=counts,
         done=sum(records.counts_toward_target(t) for t in trials),
         best_number=best.number if best else None,
-        best_value=best.values[0] if best and best.values else None,
+        best_value=best.user_attrs["score"] if best else None,
     )
 
 
 def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values]
-    return min(complete, key=lambda t: t.values[0]) if complete else None
+    """The complete trial with the lowest stability score (also for Pareto studies)."""
+    complete = [t for t in trials if t.state.name == "COMPLETE" and isinstance(t.user_attrs.get("score"), float)]
+    return min(complete, key=lambda t: t.user_attrs["score"]) if complete else None
 
 
 def supervise(
@@ -361,6 +361,7 @@ def supervise(
     }
     procs: dict[int, subprocess.Popen[str]] = {}
     last_error: dict[int, str] = {}
+    relays: dict[int, threading.Thread] = {}
     received: list[int] = []
 
     def start(slot: int) -> None:
@@ -377,10 +378,16 @@ def supervise(
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         procs[slot] = proc
-        threading.Thread(target=_relay, args=(proc, slot, on_output, last_error), daemon=True).start()
+        if received:  # a signal came while this worker was being started
+            proc.send_signal(received[-1])
+        relays[slot] = threading.Thread(target=_relay, args=(proc, slot, on_output, last_error), daemon=True)
+        relays[slot].start()
+
+    def error_of(slot: int, default: str) -> str:
+        relays[slot].join(timeout=5)  # the worker's last lines, its error among them
+        return last_error.get(slot, default)
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
@@ -436,14 +443,14 @@ def supervise(
                 elif code == EXIT_DONE:
                     continue
                 elif code == 2:
-                    failure = UserError(last_error.get(slot, f"worker {slot} refused the study"))
+                    failure = UserError(error_of(slot, f"worker {slot} refused the study"))
                     forward(signal.SIGTERM, None)
                     received.clear()
                 elif crashes < MAX_WORKER_CRASHES and code != 1:
                     crashes += 1
                     start(slot)
                 else:
-                    failure = FatalError(last_error.get(slot, f"worker {slot} exited with code {code}"))
+                    failure = FatalError(error_of(slot, f"worker {slot} exited with code {code}"))
                     forward(signal.SIGTERM, None)
                     received.clear()
             if on_progress is not None and time.time() >= next_poll:
@@ -451,6 +458,7 @@ def supervise(
                 _report(watched, study_name, url, target, started, on_progress)
             time.sleep(0.2)
     finally:
+        _stop_all(procs)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if on_progress is not None:
@@ -469,13 +477,12 @@ def _report(
     started: float,
     on_progress: Callable[[Progress], None],
 ) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
         if not watched:
             watched.append(load_study(study_name, url))
         trials = watched[0].get_trials(deepcopy=False)
-    except (SQLAlchemyError, SweepError):
+    except Exception as exc:  # the progress bar must never stop a sweep; workers handle outages
+        log.debug("progress not read: %s", type(exc).__name__)
         return
     best = _best(trials)
     on_progress(
@@ -484,7 +491,7 @@ def _report(
             target=target,
             running=sum(t.state.name == "RUNNING" for t in trials),
             failed=sum(t.state.name == "FAIL" for t in trials),
-            best_value=best.values[0] if best else None,
+            best_value=best.user_attrs["score"] if best else None,
             best_number=best.number if best else None,
             elapsed=time.time() - started,
         )
@@ -508,11 +515,14 @@ def _relay(
             log.warning("[worker %d] %s", slot, line)
 
 
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM if the supervisor dies, so no worker outlives it."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def _stop_all(procs: dict[int, subprocess.Popen[str]], grace_s: float = 30.0) -> None:
+    """End workers still running when the supervisor leaves (an error in it, for example)."""
+    live = [p for p in procs.values() if p.poll() is None]
+    for p in live:
+        p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in live:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -483,6 +483,7 @@ class StudySpec(_Section):
         """The parts of the spec that must not change when a study is resumed."""
         dumped = self.to_json_dict()
         view = {section: dumped[section] for section in DRIFT_SECTIONS}
+        view["data"].pop("path")  # where the file lies may differ; its content is fingerprinted
         view["study.objective"] = dumped["study"]["objective"]
         return view
 

@@ -8,12 +8,13 @@ Only this module turns storage failures into :class:`~sweep.errors.StorageError`
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep.errors import StorageError, StudyNotFoundError, UserError
+from sweep.errors import StorageError, StudyNotFoundError, SweepError, UserError
 from sweep.spec import DEFAULT_STORAGE
 
 if TYPE_CHECKING:
@@ -32,28 +33,53 @@ def resolve_url(cli_url: str | None, spec_url: str | None = None) -> str:
     raise AssertionError("unreachable")
 
 
+_ALLOWED_URLS = "sqlite:///FILE, postgresql+psycopg://USER:PASSWORD@HOST/DB, mysql+pymysql://USER:PASSWORD@HOST/DB or grpc://HOST:PORT"
+_SECRET_QUERY = re.compile(r"((?:password|passwd|pwd)=)[^&]*", re.IGNORECASE)
+
+
 def mask(url: str) -> str:
-    """The URL with its password replaced by ``***``; safe to print and log."""
+    """The URL with its password replaced by ``***``; safe to print and log. Never raises."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url.split("@", 1)[-1] if "@" in url else url
+        if url.partition("://")[2].split("/", 1)[0].count("@") > 1:
+            raise ValueError("ambiguous user info")
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL is still masked: keep only what follows the last '@'
+        scheme, sep, rest = url.partition("://")
+        shown = f"{scheme}{sep}***@{rest.rsplit('@', 1)[-1]}" if "@" in rest else url
+    return _SECRET_QUERY.sub(r"\1***", shown)
 
 
 def _normalise(url: str) -> str:
+    """Check the URL's form once, here, so that no later step meets a malformed one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     url = url.strip()
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     elif url.startswith("mysql://"):
         url = "mysql+pymysql://" + url.split("://", 1)[1]
-    if not url.startswith(("sqlite:", "postgresql", "mysql", "grpc://")):
+    if url.startswith("grpc://"):
+        host, _, port = url.removeprefix("grpc://").rpartition(":")
+        if not host or not port.isdigit():
+            raise UserError(f"--storage: got {url!r}; a proxy URL is grpc://HOST:PORT")
+        return url
+    userinfo = url.partition("://")[2].split("/", 1)[0]
+    if userinfo.count("@") > 1:
         raise UserError(
-            f"--storage: got {mask(url)!r}; allowed: sqlite:///FILE, postgresql+psycopg://USER@HOST/DB, "
-            "mysql+pymysql://USER@HOST/DB"
+            f"--storage: got {mask(url)!r}; write '@' in a user name or password as %40"
         )
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018  (a non-numeric port raises here)
+    except (ArgumentError, ValueError):
+        raise UserError(f"--storage: got {mask(url)!r}; allowed: {_ALLOWED_URLS}") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql", "mysql") or (
+        parsed.get_backend_name() == "sqlite" and not url.startswith("sqlite:///")
+    ):
+        raise UserError(f"--storage: got {mask(url)!r}; allowed: {_ALLOWED_URLS}")
     return url
 
 
@@ -84,9 +110,15 @@ def open_storage(
     if url.startswith("grpc://"):
         host, _, port = url.removeprefix("grpc://").rpartition(":")
         try:
-            return optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                proxy = optuna.storages.GrpcStorageProxy(host=host or "localhost", port=int(port))
+            proxy.get_all_studies()  # fail here, in one clear line, if nothing answers
+            return proxy
         except Exception as exc:  # grpc raises its own error types
-            raise StorageError(f"cannot reach the storage proxy {url}: {exc}") from None
+            details = getattr(exc, "details", None)
+            reason = details() if callable(details) else (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise StorageError(f"cannot reach the storage proxy {mask(url)}: {reason[:200]}") from None
 
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -116,9 +148,18 @@ def open_storage(
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=not create,
             )
-    except (SQLAlchemyError, ImportError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageError(f"cannot open storage {mask(url)}: {scrub(reason, url)}") from None
+    except (SQLAlchemyError, optuna.exceptions.OptunaError, ImportError, ValueError, RuntimeError) as exc:
+        raise storage_error(url, exc) from None
+
+
+def storage_error(url: str, exc: BaseException) -> SweepError:
+    """One line for a storage that cannot be used: a user error if it is not an Optuna storage."""
+    cause = exc.__cause__ or exc
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    reason = scrub(reason, url)
+    if any(s in reason for s in ("no such table", "file is not a database", "doesn't exist", "does not exist")):
+        return UserError(f"--storage: {mask(url)} is not an Optuna storage ({reason[:160]})")
+    return StorageError(f"cannot open storage {mask(url)}: {reason[:300]}")
 
 
 def read_engine(url: str) -> Any:
@@ -136,10 +177,18 @@ def read_engine(url: str) -> Any:
         if path is not None and not path.exists():
             raise UserError(f"--storage: SQLite file '{path}' does not exist")
         connect_args["timeout"] = SQLITE_TIMEOUT_S
-    try:
-        return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        raise StorageError(f"cannot open storage {mask(url)}: {scrub(str(exc).splitlines()[0], url)}") from None
+    engine = _ENGINES.get(url)
+    if engine is None:
+        try:
+            engine = sa.create_engine(url, connect_args=connect_args, pool_pre_ping=not url.startswith("sqlite"))
+        except (sa.exc.SQLAlchemyError, ImportError) as exc:
+            raise storage_error(url, exc) from None
+        _ENGINES[url] = engine
+    return engine
+
+
+_ENGINES: dict[str, Any] = {}
+"""One reading engine per URL per process (a worker refreshes the ranking after its trials)."""
 
 
 def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
@@ -149,10 +198,13 @@ def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
         StudyNotFoundError: no study of that name; the message lists the ones there are.
     """
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     storage = open_storage(url, create=False, **storage_kwargs)
     try:
         return optuna.load_study(study_name=name, storage=storage)
+    except (SQLAlchemyError, optuna.exceptions.OptunaError) as exc:
+        raise storage_error(url, exc) from None
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
         listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"

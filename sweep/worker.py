@@ -79,6 +79,16 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
+def sampler_seed(base: int, *, existing: int, slot: int) -> int:
+    """A sampler seed derived from the study's seed and unique to this process."""
+    import socket
+
+    import numpy as np
+
+    entropy = [base, existing, slot, os.getpid(), *socket.gethostname().encode()]
+    return int(np.random.SeedSequence([abs(e) for e in entropy]).generate_state(1)[0])
+
+
 def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
     import optuna
 
@@ -120,6 +130,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def run_worker(
     *,
+    signals: _Signals,
     study_name: str,
     url: str,
     target: int | None,
@@ -128,8 +139,6 @@ def run_worker(
     slot: int = 0,
 ) -> int:
     """Run trials until the target, the deadline, or a recycle point; return an exit code."""
-    signals = _Signals()
-    signals.install()
     from sweep.runner import open_sweep
 
     study, spec = open_sweep(study_name, url)
@@ -140,7 +149,7 @@ def run_worker(
     from sweep.train import configure_threads
 
     dataset = load_dataset(**data_kwargs(spec))
-    _check_data(study, spec, dataset)
+    check_data(study, spec, dataset)
     configure_threads(threads)
     from sweep.dashboard import artifact_store, refresh_study
 
@@ -148,16 +157,25 @@ def run_worker(
 
     base_seed = spec.study.seed
     existing = len(study.get_trials(deepcopy=False))
-    seed = None if base_seed is None else base_seed + 7919 * existing + slot
+    # Every process needs its own sampler stream, or processes started together (compose
+    # replicas, workers on several machines) would propose the same configurations.
+    seed = None if base_seed is None else sampler_seed(base_seed, existing=existing, slot=slot)
     study.sampler = make_sampler(spec, seed=seed)
     study.pruner = make_pruner(spec)
 
     def before_trial(trial: optuna.Trial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        retry_of = trial.user_attrs.get("retry_of")
+        if retry_of is not None and any(
+            t.user_attrs.get("retry_of") == retry_of and t.number < trial.number for t in trials
+        ):
+            trial.set_user_attr(records.FAIL_REASON, f"surplus: trial {retry_of} was already queued again")
+            raise _Surplus(f"trial {retry_of} was queued again by two processes at once")
         if target is None:
             return
         ahead = sum(
             1
-            for t in study.get_trials(deepcopy=False)
+            for t in trials
             if t.number < trial.number and (records.counts_toward_target(t) or t.state.name == "RUNNING")
         )
         if ahead >= target:
@@ -205,11 +223,25 @@ def run_worker(
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean the database is unreachable, not that the trial is bad."""
+    """Errors raised by the storage layer (see :func:`is_outage` for which mean it is unreachable)."""
     import optuna
-    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import DBAPIError
 
-    return (OperationalError, DBAPIError, optuna.exceptions.StorageInternalError)
+    return (DBAPIError, optuna.exceptions.StorageInternalError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a storage error means the database cannot be reached (retry later), not bad data."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OperationalError | InterfaceError):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -248,8 +280,12 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             raise
         except (TrialFailed, optuna.TrialPruned):
             raise
-        except _storage_errors():
-            raise
+        except _storage_errors() as exc:
+            if is_outage(exc):
+                raise
+            reason = f"error: storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"[:500]
+            trial.set_user_attr(records.FAIL_REASON, reason)
+            raise TrialFailed(reason) from exc
         except SweepError as exc:
             trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
             _failure_note(trial, f"Error: {exc}")
@@ -303,7 +339,7 @@ def data_kwargs(spec: StudySpec) -> dict[str, Any]:
     }
 
 
-def _check_data(study: optuna.Study, spec: StudySpec, dataset: Any) -> None:
+def check_data(study: optuna.Study, spec: StudySpec, dataset: Any) -> None:
     from sweep.data import fingerprint
 
     expected = study.user_attrs.get(records.FINGERPRINT)
@@ -317,7 +353,22 @@ def _check_data(study: optuna.Study, spec: StudySpec, dataset: Any) -> None:
         )
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM if the supervisor dies, so no worker outlives it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signals = _Signals()
+    signals.install()
+    _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m sweep.worker")
     parser.add_argument("study")
     parser.add_argument("--target", type=int)
@@ -337,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run_worker(
+            signals=signals,
             study_name=args.study,
             url=url,
             target=args.target,
@@ -356,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         from sweep.storage import mask, scrub
 
         reason = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
+        if not is_outage(exc):
+            print(f"error: the storage {mask(url)} refused an operation: {reason}", file=sys.stderr)
+            return 1
         print(f"storage unavailable ({mask(url)}): {reason}", file=sys.stderr)
         return EXIT_STORAGE
 

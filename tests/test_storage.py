@@ -1,0 +1,78 @@
+"""Storage URLs: choice, validation and masking; reading something that is not a sweep storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweep.errors import UserError
+from sweep.storage import mask, resolve_url
+from tests.conftest import run_cli
+
+
+def test_precedence_flag_env_file_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWEEP_STORAGE", raising=False)
+    assert resolve_url(None) == "sqlite:///sweep.db"
+    assert resolve_url(None, "sqlite:///file.db") == "sqlite:///file.db"
+    monkeypatch.setenv("SWEEP_STORAGE", "sqlite:///env.db")
+    assert resolve_url(None, "sqlite:///file.db") == "sqlite:///env.db"
+    assert resolve_url("sqlite:///flag.db", "sqlite:///file.db") == "sqlite:///flag.db"
+    assert resolve_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert resolve_url("mysql://u@h/db") == "mysql+pymysql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://u:s3cret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+        ("postgresql+psycopg://u:p@ss@h/db", "postgresql+psycopg://***@h/db"),
+        ("postgresql+psycopg://u@h/db?password=s3cret&sslmode=require", "postgresql+psycopg://u@h/db?password=***&sslmode=require"),
+        ("mysql+pymysql://u:s3cret@h:abc/db", "mysql+pymysql://***@h:abc/db"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+    ],
+)
+def test_mask_never_shows_a_password(url: str, shown: str) -> None:
+    assert mask(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:sweep.db", "allowed: sqlite:///FILE"),
+        ("postgresqlx://a/b", "allowed: sqlite:///FILE"),
+        ("mysql+pymysql://u:pw@host:abc/db", "allowed: sqlite:///FILE"),
+        ("postgresql+psycopg://u:p@ss@h/db", "write '@' in a user name or password as %40"),
+        ("grpc://hostonly", "a proxy URL is grpc://HOST:PORT"),
+    ],
+)
+def test_malformed_urls_are_user_errors(url: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        resolve_url(url)
+    result = run_cli("status", "x", "--storage", url)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr and "p@ss" not in result.stderr
+
+
+def test_a_file_that_is_not_an_optuna_storage(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello " * 1000)
+    for path in (other, text):
+        for command in ("status", "rank"):
+            result = run_cli(command, "x", "--storage", f"sqlite:///{path}")
+            assert result.returncode == 2, result.stderr
+            assert "is not an Optuna storage" in result.stderr
+            assert "Traceback" not in result.stderr
+
+
+def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("status", "x", "--storage", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "cannot open storage" in result.stderr
+    assert "s3cret" not in result.stderr
