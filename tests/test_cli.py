@@ -176,7 +176,8 @@ def test_diverging_trial_fails_with_reason_and_the_sweep_goes_on(tmp_path: Path)
 @pytest.mark.slow
 def test_sigterm_marks_the_running_trial_interrupted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = write_study(tmp_path, name="sig", n_trials=50, epochs=200)
+    study = write_study(tmp_path, name="sig", n_trials=50, epochs=400)
+    study.write_text(study.read_text().replace("patience = 3", "patience = 0"))  # the signal lands mid-trial
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("SWEEP_STORAGE", None)
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", url],

@@ -148,6 +148,9 @@ def test_worker_survives_terminated_database_connections(postgres_url: str, tmp_
 def test_sigterm_to_sweep_worker_on_postgres(postgres_url: str, tmp_path: Path) -> None:
     study = cheap_study(tmp_path, name="termed", n_trials=1, epochs=1)
     assert run_cli("run", str(study), "--storage", postgres_url, "-q").returncode == 0
+    # Long trials from here on, so that the signal lands in one (not between two).
+    assert run_cli("run", str(study), "--storage", postgres_url, "-q", "--allow-spec-change",
+                   "--set", "training.max_epochs=400", "--set", "training.patience=0").returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "worker", "termed", "--storage", postgres_url,
                              "--n-trials", "50", "-q"],
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
