@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import TrialFailed
+from sweep.errors import Interrupted, TrialFailed
 from sweep.stability import summarize
 from sweep.train import Stop
 
@@ -73,6 +73,7 @@ class Objective:
         )
         self.prepared: list[Prepared] = [prepare(dataset, s) for s in splits]
         self.before_trial: Any = None
+        self.interrupt: Any = lambda: None  # -> the signal number once the process was asked to stop
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from sweep.space import suggest
@@ -102,8 +103,11 @@ class Objective:
                 clipnorm=spec.training.clipnorm,
                 steps_per_execution=spec.training.steps_per_execution,
                 on_epoch=hook,
+                should_stop=lambda: self.interrupt() is not None,
             )
             release()
+            if c.stop is Stop.INTERRUPTED:
+                raise Interrupted(self.interrupt())
             curves.append(c)
             if c.stop in (Stop.DIVERGED, Stop.PRUNED):
                 break

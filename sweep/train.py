@@ -29,6 +29,7 @@ class Stop(str, enum.Enum):
     COMPLETED = "completed"  # ran max_epochs
     EARLY_STOPPED = "early_stopped"  # patience ran out
     PRUNED = "pruned"  # the epoch hook asked to stop
+    INTERRUPTED = "interrupted"  # the process was asked to stop (SIGINT/SIGTERM)
     DIVERGED = "diverged"  # a loss became NaN or infinite
 
 
@@ -95,13 +96,16 @@ def fit_repeat(
     clipnorm: float | None = None,
     steps_per_execution: int = 1,
     on_epoch: EpochHook | None = None,
+    should_stop: Callable[[], bool] | None = None,
     keep_model: bool = False,
 ) -> tuple[Curves, Any]:
     """Train one model and return its curves (and the model when ``keep_model``).
 
     Early stopping watches ``val_loss`` with ``patience`` epochs (0 turns it
     off). A non-finite training or validation loss stops training at once and
-    the curves end with that value, ``stop == Stop.DIVERGED``.
+    the curves end with that value, ``stop == Stop.DIVERGED``. ``should_stop``
+    is polled before every batch: when it says so, training ends within one
+    batch with ``stop == Stop.INTERRUPTED``.
     """
     import keras
 
@@ -116,7 +120,7 @@ def fit_repeat(
         clipnorm=clipnorm,
         steps_per_execution=steps_per_execution,
     )
-    recorder = _Recorder(on_epoch)
+    recorder = _Recorder(on_epoch, should_stop)
     callbacks: list[Any] = [recorder.callback()]
     early = None
     if patience > 0:
@@ -134,7 +138,9 @@ def fit_repeat(
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
-    if recorder.diverged:
+    if recorder.interrupted:
+        stop = Stop.INTERRUPTED
+    elif recorder.diverged:
         stop = Stop.DIVERGED
     elif recorder.pruned:
         stop = Stop.PRUNED
@@ -165,8 +171,10 @@ def release() -> None:
 class _Recorder:
     """Collects each epoch's logs; stops training on a non-finite loss or when the hook says so."""
 
-    def __init__(self, on_epoch: EpochHook | None) -> None:
+    def __init__(self, on_epoch: EpochHook | None, should_stop: Callable[[], bool] | None = None) -> None:
         self.on_epoch = on_epoch
+        self.should_stop = should_stop
+        self.interrupted = False
         self.history: dict[str, list[float]] = {}
         self.metric = ""
         self.diverged = False
@@ -181,7 +189,16 @@ class _Recorder:
             def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 owner.epoch_end(epoch, logs or {}, self.model)
 
-        return Callback()
+        if self.should_stop is None:
+            return Callback()
+
+        class Interruptible(Callback):
+            def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+                if owner.should_stop is not None and owner.should_stop():
+                    owner.interrupted = True
+                    self.model.stop_training = True
+
+        return Interruptible()
 
     def epoch_end(self, epoch: int, logs: dict[str, Any], model: Any) -> None:
         for key, value in logs.items():

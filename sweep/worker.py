@@ -51,7 +51,6 @@ class _Signals:
     """First SIGINT/SIGTERM: stop after ending the current trial as FAIL ``interrupted``; second: exit now."""
 
     signum: int | None = None
-    training: bool = False
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self._handle)
@@ -60,9 +59,7 @@ class _Signals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
             os._exit(128 + signum)
-        self.signum = signum
-        if self.training:
-            raise Interrupted(signum)
+        self.signum = signum  # training polls it before every batch (see Objective.interrupt)
 
     def check(self) -> None:
         if self.signum is not None:
@@ -183,6 +180,7 @@ def run_worker(
             raise _Surplus("the study reached its target while this trial was being created")
 
     objective.before_trial = before_trial
+    objective.interrupt = lambda: signals.signum
     failures = 0
     baseline: float | None = None
     done_here = 0
@@ -269,7 +267,6 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
     import optuna
 
     def run(trial: optuna.Trial) -> Any:
-        signals.training = True
         try:
             signals.check()
             return objective(trial)
@@ -295,8 +292,6 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             trial.set_user_attr(records.FAIL_REASON, reason)
             _failure_note(trial, reason)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            signals.training = False
 
     return run
 
