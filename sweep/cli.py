@@ -224,12 +224,17 @@ def rank_(
         rows = rank(
             study_name, url=resolve_url(storage), top=top, by=by, risk=risk, tail=tail, include_all=all_
         )
+        hidden = 0
+        if fmt == "table" and top is None and len(rows) > TABLE_ROWS:
+            rows, hidden = rows[:TABLE_ROWS], len(rows) - TABLE_ROWS
         if fmt == "json":
             sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
         elif fmt == "csv":
             _write_csv(rows)
         else:
             _print_rank_table(study_name, rows)
+            if hidden:
+                out.print(f"({hidden} more; --top K shows more, --format json or csv shows all)", markup=False)
 
 
 @app.command()
@@ -267,6 +272,9 @@ def _fmt(value: Any) -> str:
         return f"{value:.4g}"
     return "-" if value is None else str(value)
 
+
+TABLE_ROWS = 25
+"""Rows of the ranking a table shows unless --top says otherwise (JSON and CSV show all)."""
 
 _PARAM_HEADERS = {
     "n_layers": "layers",
