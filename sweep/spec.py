@@ -400,7 +400,7 @@ class WorkerSection(_Section):
     """How a worker process runs; none of it changes results, so it is not drift-checked."""
 
     max_trials: int = Field(default=50, ge=1)
-    max_memory_growth_mb: float = Field(default=256.0, gt=0.0)
+    max_memory_growth_mb: float = Field(default=96.0, gt=0.0)
     threads: Any = "auto"
     heartbeat_interval: int = Field(default=30, ge=1)
     grace_period: int = Field(default=120, ge=2)

@@ -6,7 +6,6 @@ This is the only module that imports TensorFlow/Keras at call time.
 from __future__ import annotations
 
 import enum
-import gc
 import math
 import os
 import time
@@ -164,8 +163,7 @@ def release() -> None:
     """Drop Keras' global state between trials (the worker is still recycled: see runner)."""
     import keras
 
-    keras.backend.clear_session(free_memory=True)
-    gc.collect()
+    keras.backend.clear_session(free_memory=True)  # this also runs the garbage collector
 
 
 class _Recorder:

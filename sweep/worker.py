@@ -77,12 +77,17 @@ def rss_mb() -> float:
 
 
 def sampler_seed(base: int, *, existing: int, slot: int) -> int:
-    """A sampler seed derived from the study's seed and unique to this process."""
+    """A sampler seed from the study's seed, the trials already there, the slot and the host.
+
+    Reproducible for one ``sweep run`` on one machine; different for replicas on other
+    hosts (compose containers have their own host names), which would otherwise propose
+    the same configurations.
+    """
     import socket
 
     import numpy as np
 
-    entropy = [base, existing, slot, os.getpid(), *socket.gethostname().encode()]
+    entropy = [base, existing, slot, *socket.gethostname().encode()]
     return int(np.random.SeedSequence([abs(e) for e in entropy]).generate_state(1)[0])
 
 
@@ -213,6 +218,8 @@ def run_worker(
         memory = rss_mb()
         baseline = memory if baseline is None else baseline
         if done_here >= spec.worker.max_trials or memory - baseline > spec.worker.max_memory_growth_mb:
+            if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
+                break  # nothing left to do: no point in a fresh process
             log.info("recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory, memory - baseline)
             return EXIT_RECYCLE
     if spec.dashboard.notes and done_here:
@@ -297,7 +304,7 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
 
 
 def _has_room(
-    study: optuna.Study, *, target: int | None, deadline: float | None, signals: _Signals
+    study: optuna.Study, *, target: int | None, deadline: float | None, signals: _Signals, wait: bool = True
 ) -> bool:
     """Wait until a trial may start; False once the target or the deadline is reached."""
     from optuna.storages import fail_stale_trials
@@ -313,7 +320,7 @@ def _has_room(
         if counted >= target:
             return False
         running = sum(t.state.name == "RUNNING" for t in trials)
-        if counted + running < target:
+        if counted + running < target or not wait:
             return True
         fail_stale_trials(study)
         time.sleep(POLL_S)

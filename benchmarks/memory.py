@@ -1,0 +1,343 @@
+"""4. Worker memory: resident memory of one process across many tiny trials, with and without recycling.
+
+Without recycling: one process (a subprocess of its own) trains tiny digits
+LSTMs of varying shape one after another exactly as a worker does
+(``Objective.train``: ``sweep.train.fit_repeat`` then ``sweep.train.release``
+for every repeat) and reads ``/proc/self/statm`` after each trial. Growth is
+the RSS after the last trial minus the RSS after trial 10 (the first trials
+warm TensorFlow up).
+
+With recycling: a real ``sweep run --set worker.max_trials=K`` (full run
+only; it runs beside the probe, as only memory is measured); the benchmark
+samples the RSS of the worker processes (children of ``sweep run``, from
+``/proc/PID/statm``) several times a second. Each worker's growth is its
+highest RSS minus its RSS once its first trial has finished (the same
+baseline the worker itself uses for ``worker.max_memory_growth_mb``); the
+figure is the largest growth of any worker. Both runs also give the bound
+that the settings imply (growth per trial times ``worker.max_trials``,
+capped by ``worker.max_memory_growth_mb``), for the defaults and for K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import (
+    BenchmarkError,
+    Context,
+    Goal,
+    Result,
+    bench_env,
+    digits_study,
+    ratio,
+    sqlite_url,
+    sweep_cmd,
+    write_study,
+)
+
+NAME = "memory"
+TITLE = "4. worker memory"
+GOAL = Goal("<", 100.0, "< 100 MB")
+UNTIMED = True
+"""Only memory is measured: the suite may run this beside another untimed benchmark."""
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+TINY_SEARCH: dict[str, Any] = {
+    "n_layers": {"low": 1, "high": 2},
+    "units": [4, 6, 8],
+    "activation": ["tanh", "relu"],
+    "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
+    "optimizer": ["adam", "rmsprop", "sgd"],
+    "batch_size": 256,
+    "dropout": {"low": 0.0, "high": 0.2},
+    "l2": {"low": 1e-6, "high": 1e-4, "log": True},
+    "layer_norm": [False, True],
+}
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MB from ``/proc/PID/statm`` (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def growth(samples: list[float], *, start: int = 10) -> float:
+    """RSS after the last trial minus RSS after trial ``start`` (1-based), in MB."""
+    if len(samples) < start:
+        raise ValueError(f"need at least {start} samples, got {len(samples)}")
+    return samples[-1] - samples[start - 1]
+
+
+def tiny_configs(n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Tiny configurations of varying shape (a new graph for TensorFlow each time), as a sweep draws them."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        {
+            "n_layers": rng.choice([1, 2]),
+            "units": rng.choice([4, 6, 8]),
+            "activation": rng.choice(["tanh", "relu"]),
+            "learning_rate": 10 ** rng.uniform(-3, -2),
+            "optimizer": rng.choice(["adam", "rmsprop", "sgd"]),
+            "batch_size": 256,
+            "dropout": rng.uniform(0.0, 0.2),
+            "l2": 10 ** rng.uniform(-6, -4),
+            "layer_norm": rng.choice([False, True]),
+        }
+        for _ in range(n)
+    ]
+
+
+def probe(study_file: str, *, trials: int, threads: int) -> dict[str, Any]:
+    """Inside the probe process: train ``trials`` tiny configurations like a worker; RSS after each."""
+    from sweep.train import configure_threads
+
+    configure_threads(threads)
+    from sweep.data import load_dataset
+    from sweep.objective import Objective
+    from sweep.space import Hyperparams
+    from sweep.spec import load_spec
+    from sweep.worker import data_kwargs
+
+    spec = load_spec(study_file)
+    objective = Objective(spec, load_dataset(**data_kwargs(spec)))
+    before = rss_mb()
+    samples: list[float] = []
+    seconds: list[float] = []
+    for params in tiny_configs(trials):
+        start = time.perf_counter()
+        objective.train(Hyperparams.from_params(params))
+        seconds.append(round(time.perf_counter() - start, 3))
+        samples.append(round(rss_mb() or 0.0, 2))
+    return {"rss_before_mb": before, "rss_mb": samples, "seconds": seconds}
+
+
+class ChildSampler:
+    """Samples the RSS of every ``sweep.worker`` process below ``root_pid``, and the study's finished trials."""
+
+    def __init__(self, root_pid: int, db_file: Path, *, every: float = 0.2) -> None:
+        self.root_pid = root_pid
+        self.db_file = db_file
+        self.every = every
+        self.samples: dict[int, list[tuple[float, float, int]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> ChildSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _finished(self) -> int:
+        try:
+            with sqlite3.connect(f"file:{self.db_file}?mode=ro", uri=True, timeout=1) as conn:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+                ).fetchone()
+            return int(row[0])
+        except sqlite3.Error:
+            return -1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            finished = self._finished()
+            now = time.time()
+            for pid in _workers_below(self.root_pid):
+                mb = rss_mb(pid)
+                if mb is not None:
+                    self.samples.setdefault(pid, []).append((now, mb, finished))
+            self._stop.wait(self.every)
+
+    def per_worker(self) -> list[dict[str, Any]]:
+        """Each worker's peak RSS and its growth after its first finished trial."""
+        out = []
+        for pid, rows in sorted(self.samples.items(), key=lambda kv: kv[1][0][0]):
+            first_count = rows[0][2]
+            after = [mb for _, mb, count in rows if count > first_count]
+            baseline = after[0] if after else None
+            out.append(
+                {
+                    "pid": pid,
+                    "samples": len(rows),
+                    "peak_mb": round(max(mb for _, mb, _ in rows), 1),
+                    "baseline_mb": None if baseline is None else round(baseline, 1),
+                    "growth_mb": None if baseline is None else round(max(after) - baseline, 1),
+                    "trials_seen": rows[-1][2] - first_count,
+                }
+            )
+        return out
+
+
+def _workers_below(root: int) -> list[int]:
+    """PIDs of ``python -m sweep.worker`` processes descended from ``root`` (Linux ``/proc``)."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    below: set[int] = set()
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in below:
+                below.add(child)
+                frontier.append(child)
+    workers = []
+    for pid in below:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"sweep.worker" in f.read():
+                    workers.append(pid)
+        except OSError:
+            continue
+    return workers
+
+
+def _recycled_run(study_file: Path, db: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        sweep_cmd("run", str(study_file), "--storage", sqlite_url(db), "-q"),
+        env=bench_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run(ctx: Context) -> Result:
+    res = Result(NAME, TITLE)
+    trials, recycled_trials, max_trials = ctx.pick(quick=(30, 0, 6), full=(200, 40, 6))
+    folder = ctx.folder(NAME)
+    sections = digits_study(
+        name="memory", n_trials=max(1, recycled_trials), max_epochs=1, repeats=1, search=TINY_SEARCH,
+        sampler={"name": "random"}, worker={"max_trials": max_trials, "threads": 1},
+    )  # fmt: skip
+    study_file = write_study(folder, sections)
+
+    ctx.log(f"{NAME}: {trials} tiny trials in one process, no recycling")
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory",
+        "--probe",
+        str(study_file),
+        "--trials",
+        str(trials),
+        "--threads",
+        "1",
+    ]
+    probe_proc = subprocess.Popen(cmd, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[dict[str, Any]] = []
+    try:
+        if recycled_trials:
+            # Memory, not time, is measured: the real sweep run goes beside the probe.
+            ctx.log(f"{NAME}: beside it, sweep run of {recycled_trials} trials with worker.max_trials={max_trials}")
+            db = folder / "memory.db"
+            proc = _recycled_run(study_file, db)
+            with ChildSampler(proc.pid, db) as sampler:
+                _, stderr = proc.communicate(timeout=3600)
+            if proc.returncode != 0:
+                raise BenchmarkError(f"sweep run exited {proc.returncode}: {stderr.strip()[-300:]}")
+            workers = sampler.per_worker()
+        out, err = probe_proc.communicate(timeout=3600)
+    finally:
+        if probe_proc.poll() is None:
+            probe_proc.kill()
+    if probe_proc.returncode != 0:
+        raise BenchmarkError(f"the memory probe exited {probe_proc.returncode}: {err.strip()[-300:]}")
+    found = json.loads(out.strip().splitlines()[-1])
+    samples = found["rss_mb"]
+    without = growth(samples)
+    per_trial = without / max(1, len(samples) - 10)
+    res.add(f"RSS growth, trial 10 to {len(samples)}, no recycling", without, unit="MB", goal=GOAL)
+    default_bound = min(per_trial * 50, 256.0)
+    res.add(
+        "RSS growth bound with the defaults (worker.max_trials=50, max_memory_growth_mb=256)",
+        default_bound,
+        unit="MB",
+        goal=GOAL,
+        note=f"{per_trial:.1f} MB/trial x 50, capped at 256",
+    )
+    bound = min(per_trial * max_trials, 256.0)
+    with_recycling: float | None
+    if workers:
+        growths = [w["growth_mb"] for w in workers if w["growth_mb"] is not None]
+        with_recycling = max(growths) if growths else None
+        res.add(
+            f"RSS growth of any worker, sweep run --set worker.max_trials={max_trials} (measured)",
+            with_recycling,
+            unit="MB",
+            goal=GOAL,
+            note=f"{len(workers)} worker processes for {recycled_trials} trials",
+        )
+        res.add(
+            "peak worker RSS with recycling / peak RSS without",
+            ratio(max(w["peak_mb"] for w in workers), max(samples)),
+        )
+    else:
+        with_recycling = None
+        res.add(
+            f"RSS growth bound with worker.max_trials={max_trials} (implied)",
+            bound,
+            unit="MB",
+            goal=GOAL,
+            note="quick run: the real recycled sweep run is in the full run only",
+        )
+    idle = [w for w in workers if w["trials_seen"] == 0]
+    if idle:
+        res.notes.append(
+            f"{len(idle)} of {len(workers)} worker processes trained nothing: a worker that reaches "
+            "worker.max_trials asks to be replaced even when the study has reached its target, so a fresh one "
+            "starts (TensorFlow import and data loading included) only to find no work"
+        )
+    res.notes.append(
+        f"without recycling one process grew {per_trial:.1f} MB per trial after trial 10 "
+        f"({samples[9]:.0f} MB to {samples[-1]:.0f} MB over {len(samples)} trials): TensorFlow keeps memory after "
+        "Keras clears its global state (a plain model.fit loop grows alike); recycling is what bounds it"
+    )
+    res.raw = {
+        "without_recycling": {**found, "trials": trials, "growth_mb": without, "growth_mb_per_trial": per_trial},
+        "with_recycling": {
+            "trials": recycled_trials,
+            "worker_max_trials": max_trials,
+            "workers": workers,
+            "growth_mb": with_recycling,
+            "implied_bound_mb": bound,
+            "default_settings_bound_mb": default_bound,
+        },
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    parser.add_argument("--probe", metavar="STUDY_FILE", required=True)
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(json.dumps(probe(args.probe, trials=args.trials, threads=args.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The benchmark suite's pure parts: ratios and medians, the results files, the large-study builder, the CLI.
+
+Nothing here times anything or trains a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import BENCHMARKS
+from benchmarks.harness import (
+    Goal,
+    Result,
+    alternate,
+    format_value,
+    markdown_table,
+    median,
+    median_ratio,
+    paired_ratios,
+    ratio,
+    rotation,
+    study_toml,
+    text_table,
+    write_results,
+)
+from benchmarks.memory import growth
+from benchmarks.reading import build_study, expected_complete
+from tests.conftest import ROOT
+
+
+def test_median_and_ratio_ignore_what_cannot_be_measured() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert median([1.0, math.nan, 3.0]) == 2.0
+    assert math.isnan(median([]))
+    assert ratio(3.0, 2.0) == 1.5
+    assert math.isnan(ratio(1.0, 0.0))
+    assert math.isnan(ratio(math.nan, 1.0))
+    assert math.isnan(ratio(None, 1.0))  # type: ignore[arg-type]
+
+
+def test_median_ratio_is_the_median_of_round_by_round_ratios() -> None:
+    a, b = [10.0, 30.0, 12.0], [5.0, 10.0, 12.0]
+    assert paired_ratios(a, b) == [2.0, 3.0, 1.0]
+    assert median_ratio(a, b) == 2.0
+    with pytest.raises(ValueError, match="got 2 numerators and 1 denominators"):
+        paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_rounds_rotate_which_variant_goes_first() -> None:
+    assert rotation(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotation(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotation(["a", "b"], 3) == ["b", "a"]
+    calls: list[str] = []
+    orders: list[list[str]] = []
+    out = alternate(
+        {"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0},
+        rounds=3,
+        on_round=lambda i, order: orders.append(order),
+    )
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert orders == [["a", "b"], ["b", "a"], ["a", "b"]]
+    assert out == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+
+
+def test_goals() -> None:
+    at_most = Goal("<=", 1.05)
+    assert at_most.met(1.05) is True
+    assert at_most.met(1.06) is False
+    assert at_most.met(math.nan) is None
+    assert at_most.describe() == "<= 1.05"
+    assert Goal(">=", 1.4, "at least 1.4").describe() == "at least 1.4"
+    assert Goal("<", 2.0).met(1.99) is True
+    with pytest.raises(ValueError, match="Goal.op: got '=='"):
+        Goal("==", 1.0)
+
+
+def test_memory_growth_is_from_trial_10_to_the_last() -> None:
+    samples = [100.0 + i for i in range(30)]
+    assert growth(samples) == samples[-1] - samples[9] == 20.0
+    with pytest.raises(ValueError, match="need at least 10 samples"):
+        growth([1.0, 2.0])
+
+
+def _fake_results() -> list[Result]:
+    one = Result("driver_overhead", "1. driver overhead")
+    one.add("wall time sweep / plain", 1.0312, goal=Goal("<=", 1.05), note="10 trials")
+    one.add("no-goal ratio", math.nan)
+    one.raw = {"seconds": {"sweep": [10.0, 11.0], "plain": [9.8, math.inf]}, "path": Path("/tmp/x")}
+    one.notes.append("a | pipe in a note")
+    three = Result("reading", "3. reading at scale")
+    three.add("sqlite: sweep rank", 2.5, unit="s", goal=Goal("<", 2.0))
+    broken = Result("memory", "4. worker memory", error="BenchmarkError: it broke")
+    return [one, three, broken]
+
+
+def test_tables_show_every_row_goal_and_verdict() -> None:
+    results = _fake_results()
+    md = markdown_table(results)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| benchmark | measured | goal | met? |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| 1. driver overhead | wall time sweep / plain: 1.03x (10 trials) | <= 1.05 | yes |"
+    assert lines[3] == "| 1. driver overhead | no-goal ratio: - | - | - |"
+    assert lines[4] == "| 3. reading at scale | sqlite: sweep rank: 2.5 s | < 2 | NO |"
+    assert lines[5] == "| 4. worker memory | error: BenchmarkError: it broke | - | - |"
+    text = text_table(results)
+    assert text.splitlines()[0].split() == ["benchmark", "measured", "goal", "met?"]
+    assert "sqlite: sweep rank: 2.5 s" in text
+    assert format_value(12.345, "MB") == "12.3 MB"
+    assert format_value(12345.0, "s") == "12,345 s"
+    assert format_value(None, "x") == "-"
+
+
+def test_results_files_hold_meta_rows_raw_and_notes(tmp_path: Path) -> None:
+    meta = {"date": "2026-01-01T00:00:00+00:00", "mode": "quick", "machine": {"cores": 2, "cpu": "test"},
+            "versions": {"python": "3.11"}}  # fmt: skip
+    json_path, md_path = write_results(_fake_results(), json_path=tmp_path / "results.json", meta=meta)
+    assert md_path == tmp_path / "results.md"
+    doc = json.loads(json_path.read_text())
+    assert doc["mode"] == "quick" and doc["machine"]["cores"] == 2 and doc["versions"]["python"] == "3.11"
+    first = doc["benchmarks"][0]
+    assert first["rows"][0] == {
+        "measure": "wall time sweep / plain",
+        "value": 1.0312,
+        "unit": "x",
+        "goal": "<= 1.05",
+        "met": True,
+        "note": "10 trials",
+    }
+    assert first["rows"][1]["value"] is None  # NaN is written as null: strict JSON
+    assert first["raw"]["seconds"]["plain"] == [9.8, None]
+    assert first["raw"]["path"] == "/tmp/x"
+    assert doc["benchmarks"][2]["error"] == "BenchmarkError: it broke"
+    md = md_path.read_text()
+    assert md.startswith("# sweep benchmarks\n")
+    assert "| 3. reading at scale | sqlite: sweep rank: 2.5 s | < 2 | NO |" in md
+    assert "- **1. driver overhead**: a | pipe in a note" in md
+
+
+def test_study_toml_is_valid_toml() -> None:
+    import tomllib
+
+    text = study_toml({"study": {"name": "x", "n_trials": 3}, "search": {"units": {"low": 8, "high": 64, "log": True},
+                       "activation": ["tanh", "relu"], "layer_norm": [False, True]}})  # fmt: skip
+    assert tomllib.loads(text) == {
+        "study": {"name": "x", "n_trials": 3},
+        "search": {"units": {"low": 8, "high": 64, "log": True}, "activation": ["tanh", "relu"],
+                   "layer_norm": [False, True]},
+    }  # fmt: skip
+
+
+def test_builder_writes_a_study_that_rank_and_status_read(tmp_path: Path) -> None:
+    from sweep.report import rank, study_status
+
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    study = build_study(url, 20, seed=3)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 20
+    ranked = rank("reading", url=url)
+    assert len(ranked) == expected_complete(20) == 18
+    assert [r.score for r in ranked] == sorted(r.score for r in ranked)
+    every = rank("reading", url=url, include_all=True)
+    assert [r.state for r in every].count("PRUNED") == 2
+    for t in trials:
+        curves = t.user_attrs["curves"]
+        repeats = 1 if t.state.name == "PRUNED" else 3
+        assert len(curves["val_loss"]) == len(curves["loss"]) == repeats
+        assert set(t.params) == {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size",
+                                 "dropout", "l2", "layer_norm"}  # fmt: skip
+        assert len(t.intermediate_values) == len(curves["val_loss"][0])
+    rescored = rank("reading", url=url, risk=0.0)
+    assert all(r.score == pytest.approx(r.tail_mean, rel=1e-6) for r in rescored)
+    status = study_status("reading", url=url)
+    assert status.counts == {"COMPLETE": 18, "PRUNED": 2}
+    assert status.best is not None and status.best.number == ranked[0].number
+
+
+def test_help_lists_the_benchmarks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout and "--only" in done.stdout and "--out" in done.stdout
+    for name in BENCHMARKS:
+        assert name in done.stdout
+
+
+def test_unknown_benchmark_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "invalid choice: 'nope'" in done.stderr
