@@ -283,26 +283,31 @@ def run_sweep(
 
     url = resolve_url(storage, spec.study.storage)
     spec = spec.with_artifacts(default_artifacts(url))
-    study, created = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
     target = spec.study.n_trials
-    done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
-    if on_start is not None:
-        verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
-        on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
-    if target is not None and done >= target:
-        return summarize_study(study, url=url)
-    deadline = time.time() + spec.study.timeout if spec.study.timeout else None
+    prepared: list[optuna.Study] = []
+
+    def prepare() -> bool:
+        # Runs while the workers import TensorFlow: the two costs overlap.
+        study, created = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+        prepared.append(study)
+        done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+        if on_start is not None:
+            verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
+            on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
+        return target is None or done < target
+
     supervise(
         study_name=spec.study.name,
         url=url,
-        target=spec.study.n_trials,
-        deadline=deadline,
+        target=target,
+        deadline=time.time() + spec.study.timeout if spec.study.timeout else None,
         workers=workers,
         threads=threads_per_worker(spec, workers),
         on_progress=on_progress,
         on_output=on_output,
+        prepare=prepare,
     )
-    return summarize_study(study, url=url)
+    return summarize_study(prepared[0], url=url)
 
 
 def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
@@ -339,8 +344,14 @@ def supervise(
     on_progress: Callable[[Progress], None] | None = None,
     on_output: Callable[[int, str], None] | None = None,
     poll_s: float = 1.0,
+    prepare: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``workers`` worker processes on the study until none has work left.
+
+    With ``prepare``, the first workers start at once and import TensorFlow
+    (seconds) while ``prepare()`` creates or checks the study here; they open
+    the storage only after it returns True. When it returns False (nothing to
+    do) or raises, they are killed: they have touched nothing yet.
 
     A process that asks to be recycled (exit 75) is replaced; one that crashes
     is replaced up to ``MAX_WORKER_CRASHES`` times in all.
@@ -364,16 +375,18 @@ def supervise(
     relays: dict[int, threading.Thread] = {}
     received: list[int] = []
 
-    def start(slot: int) -> None:
+    def start(slot: int, *, held: bool = False) -> None:
         cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads), "--slot", str(slot)]
         if target is not None:
             cmd += ["--target", str(target)]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
+        if held:
+            cmd.append("--await-go")
         proc = subprocess.Popen(
             cmd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if held else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -404,9 +417,16 @@ def supervise(
     started = time.time()
     next_poll = 0.0
     watched: list[optuna.Study] = []
+    go = True
     try:
         for slot in range(workers):
-            start(slot)
+            start(slot, held=prepare is not None)
+        if prepare is not None:
+            go = False  # until prepare() says otherwise
+            try:
+                go = prepare() and not received
+            finally:
+                _release(procs, go=go)
         while procs or restart_at:
             for slot, when in list(restart_at.items()):
                 if received or failure is not None:
@@ -461,7 +481,7 @@ def supervise(
         _stop_all(procs)
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if on_progress is not None:
+    if on_progress is not None and go:
         _report(watched, study_name, url, target, started, on_progress)
     if received:
         raise Interrupted(received[0])
@@ -513,6 +533,22 @@ def _relay(
             on_output(slot, line)
         else:
             log.warning("[worker %d] %s", slot, line)
+
+
+def _release(procs: dict[int, subprocess.Popen[str]], *, go: bool) -> None:
+    """Let held workers open the storage, or kill them (they have touched nothing yet)."""
+    for slot, proc in list(procs.items()):
+        stdin = proc.stdin
+        if go and stdin is not None:
+            try:
+                stdin.write("go\n")
+                stdin.close()
+                continue
+            except OSError:  # it died meanwhile: the supervisor's loop restarts or reports it
+                continue
+        proc.kill()
+        proc.wait()
+        del procs[slot]
 
 
 def _stop_all(procs: dict[int, subprocess.Popen[str]], grace_s: float = 30.0) -> None:

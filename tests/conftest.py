@@ -121,3 +121,18 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield from _server_database(POSTGRES_ENV, "postgresql")
     else:
         yield from _server_database(MYSQL_ENV, "mysql")
+
+
+def worker_pids(study: str) -> list[int]:
+    """Pids of the live ``sweep.worker`` processes of ``study`` on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"sweep.worker" in cmd and study.encode() in cmd:
+            pids.append(int(entry.name))
+    return pids

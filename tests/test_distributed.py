@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli, write_study
+from tests.conftest import ROOT, run_cli, worker_pids, write_study
 
 pytestmark = pytest.mark.slow
 SECRET = "pw-never-printed-4711"
@@ -51,20 +51,6 @@ def _wait_for_running(url: str, name: str, timeout: float = 120) -> optuna.trial
         if running:
             return running[0]
     raise AssertionError(f"no trial of {name!r} started within {timeout} s")
-
-
-def _worker_pids(study: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"sweep.worker" in cmd and study.encode() in cmd:
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_three_workers_on_postgres_reach_exactly_the_target(postgres_url: str, tmp_path: Path) -> None:
@@ -101,7 +87,7 @@ def test_killed_worker_trial_fails_after_grace_and_is_retried(postgres_url: str,
     try:
         victim = _wait_for_running(postgres_url, "killed")
         time.sleep(1)
-        pids = _worker_pids("killed")
+        pids = worker_pids("killed")
         assert len(pids) == 1
         os.kill(pids[0], signal.SIGKILL)
         proc.communicate(timeout=400)
