@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--only NAME ...] [--out benchmarks/results.json]``.
+"""``python -m benchmarks [--quick] [--only NAME ...] [--update] [--out benchmarks/results.json]``.
 
 Runs the benchmarks that time something one after another (never two at
 once: they would share the cores), then the ones that measure no time
@@ -7,6 +7,10 @@ date, the versions, every raw measurement and every ratio) and
 ``results.md`` (benchmark, measured, goal, met?) beside it. A benchmark that
 breaks is reported as an error row and the others still run; the exit code
 is 1 when any broke, 0 otherwise (a missed goal is a finding, not an error).
+
+``--update`` runs the named benchmarks again and replaces only their results in
+an existing file of the same mode made on the same machine; every result keeps
+the date it was measured, and ``results.md`` names those run later.
 """
 
 from __future__ import annotations
@@ -21,9 +25,20 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from benchmarks import BENCHMARKS
-from benchmarks.harness import ROOT, Context, Result, machine_info, now_iso, postgres_base, text_table, write_results
+from benchmarks.harness import (
+    ROOT,
+    Context,
+    Result,
+    machine_info,
+    now_iso,
+    postgres_base,
+    read_results,
+    text_table,
+    write_results,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=ROOT / "benchmarks" / "results.json",
         help="where to write the JSON results (results.md goes beside it)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only these benchmarks' results in the existing --out file (same mode, same machine)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -67,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         "postgresql": "set" if ctx.postgres_base else "unset ($SWEEP_TEST_POSTGRES_URL): PostgreSQL parts skipped",
     }
     results: dict[str, Result] = {}
+    kept: dict[str, Result] = {}
+    if args.update:
+        meta, kept = _previous(args.out, meta)
+    order = list(BENCHMARKS)
     started = time.perf_counter()
 
     def record(name: str, result: Result) -> None:
         results[name] = result
-        meta["seconds"] = round(time.perf_counter() - started, 1)
-        write_results([results[n] for n in names if n in results], json_path=args.out, meta=meta)
+        if not args.update:
+            meta["seconds"] = round(time.perf_counter() - started, 1)
+        every = {**kept, **results}
+        write_results([every[n] for n in order if n in every], json_path=args.out, meta=meta)
 
     modules = {name: importlib.import_module(BENCHMARKS[name]) for name in names}
     timed = [n for n in names if not getattr(modules[n], "UNTIMED", False)]
@@ -91,18 +117,46 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     ordered = [results[n] for n in names if n in results]
-    meta["seconds"] = round(time.perf_counter() - started, 1)
-    json_path, md_path = write_results(ordered, json_path=args.out, meta=meta)
+    seconds = time.perf_counter() - started
+    if not args.update:
+        meta["seconds"] = round(seconds, 1)
+    every = {**kept, **results}
+    json_path, md_path = write_results([every[n] for n in order if n in every], json_path=args.out, meta=meta)
     sys.stdout.write(text_table(ordered))
     for res in ordered:
         for note in res.notes:
             print(f"- {res.title}: {note}")
-    print(f"\n{meta['mode']} run: {meta['seconds']:.0f} s; wrote {json_path} and {md_path}")
+    print(f"\n{meta['mode']} run: {seconds:.0f} s; wrote {json_path} and {md_path}")
     return 1 if any(r.error for r in ordered) else 0
+
+
+def _previous(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Result]]:
+    """The meta and results of the file that ``--update`` amends; refuses one that does not match."""
+    if not path.exists():
+        raise SystemExit(f"error: --update: {path} does not exist; run the suite without --update first")
+    old, results = read_results(path)
+    then, now = _kind(old), _kind(meta)
+    if then != now:
+        raise SystemExit(f"error: --update: {path} holds a run of {then}; this is a run of {now}: run the whole suite")
+    old["only"] = [n for n in BENCHMARKS if n in set(old.get("only", [])) | set(meta["only"])]
+    return old, {r.name: r for r in results}
+
+
+def _kind(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """What must not change between the results of one file: the mode, the machine, the versions."""
+    machine = meta.get("machine", {})
+    return (
+        meta.get("mode"),
+        machine.get("cpu"),
+        machine.get("cores"),
+        machine.get("memory_gb"),
+        tuple(sorted((meta.get("versions") or {}).items())),
+    )
 
 
 def _run_one(name: str, module: ModuleType, ctx: Context) -> Result:
     ctx.log(f"{name}: start")
+    date = now_iso()
     t0 = time.perf_counter()
     try:
         result = module.run(ctx)
@@ -110,6 +164,7 @@ def _run_one(name: str, module: ModuleType, ctx: Context) -> Result:
         result = Result(name, getattr(module, "TITLE", name), error=f"{type(exc).__name__}: {exc}")
         result.raw["traceback"] = traceback.format_exc()
     result.seconds = time.perf_counter() - t0
+    result.date = date
     ctx.log(f"{name}: done in {result.seconds:.0f} s" + (f" (error: {result.error})" if result.error else ""))
     return result
 

@@ -129,6 +129,15 @@ class Goal:
     def describe(self) -> str:
         return self.text or f"{self.op} {self.threshold:g}"
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Goal:
+        """The goal of a row read back from ``results.json`` (``op`` and ``threshold``, or its text)."""
+        text = str(data.get("goal") or "")
+        if data.get("goal_op") is not None and data.get("goal_threshold") is not None:
+            return cls(str(data["goal_op"]), float(data["goal_threshold"]), text)
+        op, threshold = text.split()[:2]  # files written before op and threshold were stored: "<= 1.05 ..."
+        return cls(op, float(threshold), text)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -150,9 +159,22 @@ class Row:
             "value": _json_number(self.value),
             "unit": self.unit,
             "goal": self.goal.describe() if self.goal else None,
+            "goal_op": self.goal.op if self.goal else None,
+            "goal_threshold": self.goal.threshold if self.goal else None,
             "met": self.met,
             "note": self.note,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Row:
+        value = data.get("value")
+        return cls(
+            measure=str(data["measure"]),
+            value=None if value is None else float(value),
+            unit=str(data.get("unit", "x")),
+            goal=Goal.from_dict(data) if data.get("goal") else None,
+            note=str(data.get("note", "")),
+        )
 
 
 @dataclass
@@ -166,6 +188,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    date: str = ""  # when it ran (ISO 8601); rows of one file may come from runs made with --update
 
     def add(self, measure: str, value: float | None, unit: str = "x", goal: Goal | None = None, note: str = "") -> Row:
         row = Row(measure, None if value is None else float(value), unit, goal, note)
@@ -176,12 +199,34 @@ class Result:
         return {
             "name": self.name,
             "title": self.title,
+            "date": self.date,
             "seconds": round(self.seconds, 2),
             "error": self.error,
             "rows": [r.as_dict() for r in self.rows],
             "notes": list(self.notes),
             "raw": _jsonable(self.raw),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, date: str = "") -> Result:
+        """A result read back from ``results.json``; ``date`` for files whose results carry none."""
+        return cls(
+            name=str(data["name"]),
+            title=str(data["title"]),
+            rows=[Row.from_dict(r) for r in data.get("rows", [])],
+            raw=dict(data.get("raw") or {}),
+            notes=[str(n) for n in data.get("notes", [])],
+            seconds=float(data.get("seconds") or 0.0),
+            error=data.get("error"),
+            date=str(data.get("date") or date),
+        )
+
+
+def read_results(json_path: Path) -> tuple[dict[str, Any], list[Result]]:
+    """The meta and the results of a ``results.json`` written by :func:`write_results`."""
+    document = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    results = [Result.from_dict(r, date=str(document.get("date", ""))) for r in document.pop("benchmarks", [])]
+    return document, results
 
 
 def format_value(value: float | None, unit: str) -> str:
@@ -253,6 +298,7 @@ def write_results(
         "# sweep benchmarks",
         "",
         f"{meta.get('date', '')}, {meta.get('mode', '')} run on {_machine_line(meta.get('machine', {}))}.",
+        *_updated_lines(results, meta),
         "Every time is a ratio of two things measured in the same run, in rotating order, median over rounds "
         "(the one absolute time is `sweep rank`'s, which its goal names; raw numbers in results.json).",
         "",
@@ -264,6 +310,15 @@ def write_results(
         lines += [f"- **{title}**: {note}" for title, note in notes]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return json_path, md_path
+
+
+def _updated_lines(results: Sequence[Result], meta: Mapping[str, Any]) -> list[str]:
+    """Which benchmarks were run again later (``--update``), and when."""
+    first = str(meta.get("date", ""))
+    later = [r for r in results if r.date and r.date != first]
+    if not later:
+        return []
+    return ["Run again later with `--update`, on the same machine: " + "; ".join(f"{r.title} ({r.date})" for r in later) + "."]
 
 
 def _machine_line(machine: Mapping[str, Any]) -> str:

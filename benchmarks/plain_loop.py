@@ -186,13 +186,19 @@ def run(
     sampler_seed: int | None = None,
     n_startup_trials: int = 10,
     data: tuple[Any, Any, Any, Any] | None = None,
+    prune: bool = False,
 ) -> Any:
-    """Run ``n_trials`` trials of the plain loop on an existing study; returns the study."""
+    """Run ``n_trials`` trials of the plain loop on an existing study; returns the study.
+
+    Without ``prune`` no trial is pruned (Optuna's default would be its median
+    pruner): the fixed-trial comparisons need every queued trial trained to the end.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=n_startup_trials)
-    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+    pruner = optuna.pruners.MedianPruner() if prune else optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
     data = data if data is not None else load_digits_split(seed)
 
     def objective(trial: optuna.Trial) -> float:
@@ -231,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="model seed and split seed (sweep's repeat 0)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sampler-seed", type=int, default=None)
+    parser.add_argument("--prune", action="store_true", help="Optuna's median pruner (default: none)")
     args = parser.parse_args(argv)
     configure_threads(args.threads)
     with open(args.space, encoding="utf-8") as f:
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         patience=args.patience,
         sampler_seed=args.sampler_seed,
+        prune=args.prune,
     )
     return 0
 

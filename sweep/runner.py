@@ -375,15 +375,20 @@ def supervise(
     relays: dict[int, threading.Thread] = {}
     received: list[int] = []
 
-    def start(slot: int, *, held: bool = False) -> None:
-        cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads), "--slot", str(slot)]
+    spares: list[subprocess.Popen[str]] = []  # at most one: a held worker, TensorFlow imported, no slot yet
+    wanted = [0]  # workers that said they will recycle soon (see sweep.worker.RECYCLE_SOON)
+
+    def spawn(slot: int | None, *, held: bool) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads)]
+        if slot is not None:
+            cmd += ["--slot", str(slot)]
         if target is not None:
             cmd += ["--target", str(target)]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
         if held:
             cmd.append("--await-go")
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             cmd,
             env=env,
             stdin=subprocess.PIPE if held else subprocess.DEVNULL,
@@ -392,11 +397,25 @@ def supervise(
             text=True,
             start_new_session=True,
         )
+
+    def attach(slot: int, proc: subprocess.Popen[str]) -> None:
         procs[slot] = proc
         if received:  # a signal came while this worker was being started
             proc.send_signal(received[-1])
-        relays[slot] = threading.Thread(target=_relay, args=(proc, slot, on_output, last_error), daemon=True)
+        relays[slot] = threading.Thread(target=_relay, args=(proc, slot, on_output, last_error, wanted), daemon=True)
         relays[slot].start()
+
+    def start(slot: int, *, held: bool = False) -> None:
+        attach(slot, spawn(slot, held=held))
+
+    def replace(slot: int) -> None:
+        """A fresh worker in ``slot``: the spare if one is ready (its start-up already paid), else a new one."""
+        while spares:
+            spare = spares.pop()
+            if _send_go(spare, slot):
+                attach(slot, spare)
+                return
+        start(slot)
 
     def error_of(slot: int, default: str) -> str:
         relays[slot].join(timeout=5)  # the worker's last lines, its error among them
@@ -459,7 +478,7 @@ def supervise(
                     continue
                 outage_since, outage_tries = None, 0
                 if code == EXIT_RECYCLE:
-                    start(slot)
+                    replace(slot)
                 elif code == EXIT_DONE:
                     continue
                 elif code == 2:
@@ -473,11 +492,19 @@ def supervise(
                     failure = FatalError(error_of(slot, f"worker {slot} exited with code {code}"))
                     forward(signal.SIGTERM, None)
                     received.clear()
+            if wanted[0] > 0 and not spares and not received and failure is None and procs:
+                # A worker will recycle soon: start its successor now, so that the TensorFlow
+                # import overlaps that worker's last trials instead of leaving its core idle.
+                wanted[0] -= 1
+                spares.append(spawn(None, held=True))
             if on_progress is not None and time.time() >= next_poll:
                 next_poll = time.time() + poll_s
                 _report(watched, study_name, url, target, started, on_progress)
             time.sleep(0.2)
     finally:
+        for spare in spares:  # held: it has touched nothing
+            spare.kill()
+            spare.wait()
         _stop_all(procs)
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -523,10 +550,16 @@ def _relay(
     slot: int,
     on_output: Callable[[int, str], None] | None,
     last_error: dict[int, str],
+    wanted: list[int],
 ) -> None:
+    from sweep.worker import RECYCLE_SOON
+
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
+        if line == RECYCLE_SOON:
+            wanted[0] += 1
+            continue
         if line.startswith("error: "):
             last_error[slot] = line.removeprefix("error: ")
         if on_output is not None:
@@ -535,17 +568,24 @@ def _relay(
             log.warning("[worker %d] %s", slot, line)
 
 
+def _send_go(proc: subprocess.Popen[str], slot: int) -> bool:
+    """Tell a held worker to start as ``slot``; False if it has died meanwhile."""
+    if proc.stdin is None or proc.poll() is not None:
+        return False
+    try:
+        proc.stdin.write(f"go {slot}\n")
+        proc.stdin.close()
+    except OSError:
+        return False
+    return True
+
+
 def _release(procs: dict[int, subprocess.Popen[str]], *, go: bool) -> None:
     """Let held workers open the storage, or kill them (they have touched nothing yet)."""
     for slot, proc in list(procs.items()):
-        stdin = proc.stdin
-        if go and stdin is not None:
-            try:
-                stdin.write("go\n")
-                stdin.close()
-                continue
-            except OSError:  # it died meanwhile: the supervisor's loop restarts or reports it
-                continue
+        if go:
+            _send_go(proc, slot)  # one that died meanwhile: the supervisor's loop restarts or reports it
+            continue
         proc.kill()
         proc.wait()
         del procs[slot]

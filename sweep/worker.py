@@ -37,8 +37,12 @@ EXIT_RECYCLE = 75
 EXIT_STORAGE = 69
 """The storage could not be reached; the supervisor restarts the worker after a backoff."""
 ENV_URL = "SWEEP_WORKER_STORAGE"
+RECYCLE_SOON = "sweep:recycle-soon"
+"""Printed (once) when the next trial or two will likely reach a recycle point: the supervisor
+then starts the successor, held, so that its start-up overlaps this worker's last trials."""
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 2.0
+REFRESH_MIN_S = 30.0
 
 log = logging.getLogger("sweep.worker")
 
@@ -157,8 +161,12 @@ def run_worker(
     from sweep.objective import Objective
     from sweep.runner import open_sweep
 
-    if await_go and not _go(signals):
-        return EXIT_DONE
+    if await_go:
+        _warm_imports()
+        go, given = _go(signals)
+        if not go:
+            return EXIT_DONE
+        slot = slot if given is None else given
     study, spec = open_sweep(study_name, url)
     target = target if target is not None else study.user_attrs.get(records.TARGET)
     dataset = load_dataset(**data_kwargs(spec))
@@ -201,6 +209,7 @@ def run_worker(
     objective.interrupt = lambda: signals.signum
     failures = 0
     baseline: float | None = None
+    warned = False
     done_here = 0
     next_refresh = 0.0
     while _has_room(study, target=target, deadline=deadline, signals=signals):
@@ -213,8 +222,9 @@ def run_worker(
             gc_after_trial=False,
         )
         if spec.dashboard.notes and finished and time.monotonic() >= next_refresh:
-            # The ranking note costs more as the study grows: refresh at most 5% of the time.
-            next_refresh = time.monotonic() + 20 * refresh_study(study, url=url)
+            # The ranking note costs more as the study grows: refresh it at most twice a minute
+            # and at most 1% of the time (it is refreshed once more when the worker ends).
+            next_refresh = time.monotonic() + max(REFRESH_MIN_S, 100 * refresh_study(study, url=url))
         signals.check()
         done_here += 1
         trial = finished[-1] if finished else None
@@ -230,6 +240,14 @@ def run_worker(
             failures = 0
         memory = rss_mb()
         baseline = memory if baseline is None else baseline
+        if not warned and recycle_soon(
+            done_here,
+            memory - baseline,
+            max_trials=spec.worker.max_trials,
+            max_growth_mb=spec.worker.max_memory_growth_mb,
+        ):
+            print(RECYCLE_SOON, flush=True)
+            warned = True
         if done_here >= spec.worker.max_trials or memory - baseline > spec.worker.max_memory_growth_mb:
             if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
                 break  # nothing left to do: no point in a fresh process
@@ -240,15 +258,44 @@ def run_worker(
     return EXIT_DONE
 
 
-def _go(signals: _Signals) -> bool:
-    """Wait for ``go`` on stdin; False on end of input. Raises Interrupted on SIGINT/SIGTERM."""
+def _warm_imports() -> None:
+    """What a default sweep imports at its first trial, imported while the worker waits anyway."""
+    import importlib
+
+    for name in ("sklearn.model_selection", "sklearn.datasets", "optuna_dashboard", "matplotlib.figure"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # only ever a cost moved earlier: a missing one fails where it is used
+            continue
+
+
+def _go(signals: _Signals) -> tuple[bool, int | None]:
+    """Wait for ``go [SLOT]`` on stdin: (True, SLOT or None), or (False, None) on end of input.
+
+    Raises Interrupted on SIGINT/SIGTERM.
+    """
     import select
 
     while True:
         signals.check()
         ready, _, _ = select.select([sys.stdin], [], [], 0.5)
         if ready:
-            return sys.stdin.readline().strip() == "go"
+            words = sys.stdin.readline().split()
+            if not words or words[0] != "go":
+                return False, None
+            return True, int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+
+
+def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb: float) -> bool:
+    """Whether the next two trials will likely reach ``max_trials`` or ``max_growth_mb`` of RSS growth.
+
+    ``growth_mb`` is the growth since the first trial ended (the recycling baseline), over ``done - 1``
+    trials.
+    """
+    if done + 2 >= max_trials:
+        return True
+    rate = max(0.0, growth_mb) / max(1, done - 1)
+    return done >= 2 and growth_mb + 2 * rate > max_growth_mb
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:

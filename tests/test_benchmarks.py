@@ -131,6 +131,8 @@ def test_results_files_hold_meta_rows_raw_and_notes(tmp_path: Path) -> None:
         "value": 1.0312,
         "unit": "x",
         "goal": "<= 1.05",
+        "goal_op": "<=",
+        "goal_threshold": 1.05,
         "met": True,
         "note": "10 trials",
     }
@@ -142,6 +144,34 @@ def test_results_files_hold_meta_rows_raw_and_notes(tmp_path: Path) -> None:
     assert md.startswith("# sweep benchmarks\n")
     assert "| 3. reading at scale | sqlite: sweep rank: 2.5 s | < 2 | NO |" in md
     assert "- **1. driver overhead**: a | pipe in a note" in md
+
+
+def test_results_read_back_as_written(tmp_path: Path) -> None:
+    from benchmarks.harness import read_results
+
+    meta = {"date": "2026-01-01T00:00:00+00:00", "mode": "full", "machine": {"cores": 2}}
+    written = _fake_results()
+    written[1].date = "2026-01-02T00:00:00+00:00"  # run again later with --update
+    json_path, md_path = write_results(written, json_path=tmp_path / "results.json", meta=meta)
+    meta_back, results = read_results(json_path)
+    assert meta_back == meta
+    assert [r.date for r in results] == [meta["date"], "2026-01-02T00:00:00+00:00", meta["date"]]
+    assert results[1].as_dict() == json.loads(json_path.read_text())["benchmarks"][1]
+    assert text_table(results) == text_table(written)
+    assert "Run again later with `--update`, on the same machine: 3. reading at scale (2026-01-02" in md_path.read_text()
+
+
+def test_update_refuses_a_file_of_another_mode(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    meta = {"date": "2026-01-01T00:00:00+00:00", "mode": "full", "machine": {"cores": 2}}
+    write_results(_fake_results(), json_path=out, meta=meta)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "reading", "--update", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "--update" in done.stderr and "run the whole suite" in done.stderr
+    assert json.loads(out.read_text())["mode"] == "full"  # untouched
 
 
 def test_study_toml_is_valid_toml() -> None:
@@ -198,3 +228,28 @@ def test_unknown_benchmark_is_refused() -> None:
     )
     assert done.returncode == 2
     assert "invalid choice: 'nope'" in done.stderr
+
+
+def test_plain_loop_trains_every_queued_trial_to_the_end(tmp_path: Path) -> None:
+    """The baseline must not prune (Optuna's default pruner would, from the sixth trial on)."""
+    import optuna
+
+    from benchmarks.harness import digits_study, enqueue, fixed_configs, space_json, write_study
+    from sweep.spec import load_spec
+
+    spec = load_spec(write_study(tmp_path, digits_study(name="plain", n_trials=7, max_epochs=2)))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(space_json(spec)), encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    configs = fixed_configs(7, seed=1)
+    enqueue(optuna.create_study(study_name="plain", storage=url), configs)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plain_loop", "--storage", url, "--study", "plain", "--n-trials", "7",
+         "--space", str(space), "--epochs", "2", "--threads", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="plain", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 7
+    assert [{k: t.params[k] for k in c} for t, c in zip(trials, configs, strict=True)] == configs
+    assert all(len(t.user_attrs["curves"]["val_loss"][0]) == 2 for t in trials)

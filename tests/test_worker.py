@@ -52,3 +52,55 @@ def test_a_refused_resume_leaves_no_worker_behind(tmp_path: Path) -> None:
     assert second.returncode == 2
     assert "training.max_epochs" in second.stderr and "Traceback" not in second.stderr
     assert worker_pids("refused-resume") == []
+
+
+def test_recycle_soon_looks_two_trials_ahead() -> None:
+    from sweep.worker import recycle_soon
+
+    # By trial count: recycling comes after trial 5, so say so after trial 3.
+    assert [recycle_soon(d, 0.0, max_trials=5, max_growth_mb=96) for d in range(1, 6)] == [
+        False, False, True, True, True,
+    ]  # fmt: skip
+    # By memory: 14 MB a trial since trial 1; trial 6 ends at 70 MB, and two more would pass 96.
+    assert not recycle_soon(5, 56.0, max_trials=50, max_growth_mb=96)
+    assert recycle_soon(6, 70.0, max_trials=50, max_growth_mb=96)
+    assert not recycle_soon(1, 0.0, max_trials=50, max_growth_mb=96)  # no rate known yet
+
+
+def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.test_distributed import cheap_study
+
+    url = f"sqlite:///{tmp_path / 'spare.db'}"
+    study = cheap_study(tmp_path, name="spare", n_trials=6, epochs=1)
+    seen: dict[int, bytes] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for pid in worker_pids("spare"):
+                try:
+                    seen.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes())
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run_cli("run", str(study), "--storage", url, "--workers", "1", "--set", "worker.max_trials=2")
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.returncode == 0, result.stderr
+    states = [t.state.name for t in optuna.load_study(study_name="spare", storage=url).get_trials()]
+    assert states == ["COMPLETE"] * 6
+    # Three worker lives of two trials: the first started with its slot, the next two started
+    # ahead as spares (no slot until told 'go'); none is left behind.
+    with_slot = [pid for pid, cmd in seen.items() if b"--slot" in cmd.split(b"\0")]
+    spares = [pid for pid, cmd in seen.items() if b"--slot" not in cmd.split(b"\0")]
+    assert len(with_slot) == 1, seen
+    assert len(spares) >= 2, seen
+    assert worker_pids("spare") == []
