@@ -143,15 +143,23 @@ class ChildSampler:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _finished(self) -> int:
+    def _finished(self) -> dict[int, int]:
+        """Finished trials per worker pid (from the ``worker`` attr, ``host:pid``, each trial carries)."""
         try:
             with sqlite3.connect(f"file:{self.db_file}?mode=ro", uri=True, timeout=1) as conn:
-                row = conn.execute(
-                    "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
-                ).fetchone()
-            return int(row[0])
+                rows = conn.execute(
+                    "SELECT a.value_json, COUNT(*) FROM trials t JOIN trial_user_attributes a "
+                    "ON a.trial_id = t.trial_id WHERE a.key = 'worker' "
+                    "AND t.state IN ('COMPLETE', 'PRUNED', 'FAIL') GROUP BY a.value_json"
+                ).fetchall()
         except sqlite3.Error:
-            return -1
+            return {}
+        out: dict[int, int] = {}
+        for value, count in rows:
+            pid = str(json.loads(value)).rsplit(":", 1)[-1]
+            if pid.isdigit():
+                out[int(pid)] = int(count)
+        return out
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -160,15 +168,14 @@ class ChildSampler:
             for pid in _workers_below(self.root_pid):
                 mb = rss_mb(pid)
                 if mb is not None:
-                    self.samples.setdefault(pid, []).append((now, mb, finished))
+                    self.samples.setdefault(pid, []).append((now, mb, finished.get(pid, 0)))
             self._stop.wait(self.every)
 
     def per_worker(self) -> list[dict[str, Any]]:
-        """Each worker's peak RSS and its growth after its first finished trial."""
+        """Each worker's peak RSS, and its growth from the end of its own first trial (the worker's baseline)."""
         out = []
         for pid, rows in sorted(self.samples.items(), key=lambda kv: kv[1][0][0]):
-            first_count = rows[0][2]
-            after = [mb for _, mb, count in rows if count > first_count]
+            after = [mb for _, mb, count in rows if count >= 1]
             baseline = after[0] if after else None
             out.append(
                 {
@@ -177,7 +184,7 @@ class ChildSampler:
                     "peak_mb": round(max(mb for _, mb, _ in rows), 1),
                     "baseline_mb": None if baseline is None else round(baseline, 1),
                     "growth_mb": None if baseline is None else round(max(after) - baseline, 1),
-                    "trials_seen": rows[-1][2] - first_count,
+                    "trials_seen": rows[-1][2],
                 }
             )
         return out
@@ -270,15 +277,22 @@ def run(ctx: Context) -> Result:
     without = growth(samples)
     per_trial = without / max(1, len(samples) - 10)
     res.add(f"RSS growth, trial 10 to {len(samples)}, no recycling", without, unit="MB", goal=GOAL)
-    default_bound = min(per_trial * 50, 256.0)
+    from sweep.spec import WorkerSection
+
+    defaults = WorkerSection()
+    cap = defaults.max_memory_growth_mb
+    # Growth counts from the end of a worker's first trial; a worker leaves before the trial
+    # that would take it past the cap (at the growth rate it has seen so far).
+    default_bound = min(per_trial * (defaults.max_trials - 1), cap)
     res.add(
-        "RSS growth bound with the defaults (worker.max_trials=50, max_memory_growth_mb=256)",
+        f"RSS growth bound with the defaults (worker.max_trials={defaults.max_trials}, "
+        f"max_memory_growth_mb={cap:g})",
         default_bound,
         unit="MB",
         goal=GOAL,
-        note=f"{per_trial:.1f} MB/trial x 50, capped at 256",
+        note=f"{per_trial:.1f} MB/trial x {defaults.max_trials - 1}, capped at {cap:g}",
     )
-    bound = min(per_trial * max_trials, 256.0)
+    bound = min(per_trial * (max_trials - 1), cap)
     with_recycling: float | None
     if workers:
         growths = [w["growth_mb"] for w in workers if w["growth_mb"] is not None]
@@ -306,9 +320,8 @@ def run(ctx: Context) -> Result:
     idle = [w for w in workers if w["trials_seen"] == 0]
     if idle:
         res.notes.append(
-            f"{len(idle)} of {len(workers)} worker processes trained nothing: a worker that reaches "
-            "worker.max_trials asks to be replaced even when the study has reached its target, so a fresh one "
-            "starts (TensorFlow import and data loading included) only to find no work"
+            f"{len(idle)} of {len(workers)} worker processes trained nothing: successors started ahead of a "
+            "recycle (held until needed) that the end of the study made unnecessary, then killed"
         )
     res.notes.append(
         f"without recycling one process grew {per_trial:.1f} MB per trial after trial 10 "

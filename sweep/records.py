@@ -29,6 +29,8 @@ REQUEUED = "sweep:requeued"
 
 CURVES = "curves"
 FAIL_REASON = "fail_reason"
+WORKER = "worker"
+"""``host:pid`` of the worker process that ran the trial."""
 DIVERGED_PREFIX = "diverged"
 
 SUMMARY_FIELDS: tuple[str, ...] = (

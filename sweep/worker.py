@@ -18,6 +18,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import warnings
@@ -88,8 +89,6 @@ def sampler_seed(base: int, *, existing: int, slot: int) -> int:
     hosts (compose containers have their own host names), which would otherwise propose
     the same configurations.
     """
-    import socket
-
     import numpy as np
 
     entropy = [base, existing, slot, *socket.gethostname().encode()]
@@ -186,7 +185,10 @@ def run_worker(
     study.sampler = make_sampler(spec, seed=seed)
     study.pruner = make_pruner(spec)
 
+    me = f"{socket.gethostname()}:{os.getpid()}"
+
     def before_trial(trial: optuna.Trial) -> None:
+        trial.set_user_attr(records.WORKER, me)
         trials = study.get_trials(deepcopy=False)
         retry_of = trial.user_attrs.get("retry_of")
         if retry_of is not None and any(
@@ -248,7 +250,7 @@ def run_worker(
         ):
             print(RECYCLE_SOON, flush=True)
             warned = True
-        if done_here >= spec.worker.max_trials or memory - baseline > spec.worker.max_memory_growth_mb:
+        if done_here >= spec.worker.max_trials or _over(done_here, memory - baseline, spec.worker.max_memory_growth_mb):
             if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
                 break  # nothing left to do: no point in a fresh process
             log.info("recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory, memory - baseline)
@@ -284,6 +286,12 @@ def _go(signals: _Signals) -> tuple[bool, int | None]:
             if not words or words[0] != "go":
                 return False, None
             return True, int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+
+
+def _over(done: int, growth_mb: float, limit_mb: float) -> bool:
+    """Whether the growth is past the limit, or the next trial would take it there at the rate seen so far."""
+    rate = max(0.0, growth_mb) / max(1, done - 1)
+    return growth_mb > limit_mb or (done >= 2 and growth_mb + rate > limit_mb)
 
 
 def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb: float) -> bool:

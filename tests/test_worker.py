@@ -95,8 +95,10 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
         stop.set()
         watcher.join()
     assert result.returncode == 0, result.stderr
-    states = [t.state.name for t in optuna.load_study(study_name="spare", storage=url).get_trials()]
-    assert states == ["COMPLETE"] * 6
+    trials = optuna.load_study(study_name="spare", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    ran = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}  # "host:pid" of each trial's worker
+    assert len(ran) == 3 and ran <= set(seen)
     # Three worker lives of two trials: the first started with its slot, the next two started
     # ahead as spares (no slot until told 'go'); none is left behind.
     with_slot = [pid for pid, cmd in seen.items() if b"--slot" in cmd.split(b"\0")]
@@ -104,3 +106,12 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
     assert len(with_slot) == 1, seen
     assert len(spares) >= 2, seen
     assert worker_pids("spare") == []
+
+
+def test_a_worker_leaves_before_the_trial_that_would_pass_the_memory_limit() -> None:
+    from sweep.worker import _over
+
+    assert not _over(1, 0.0, 96)
+    assert not _over(6, 70.0, 96)  # 14 MB a trial: the next one ends at 84
+    assert _over(7, 84.0, 96)  # the next one would end at 98
+    assert _over(2, 100.0, 96)
