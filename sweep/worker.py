@@ -242,11 +242,15 @@ def run_worker(
             failures = 0
         memory = rss_mb()
         baseline = memory if baseline is None else baseline
-        if not warned and recycle_soon(
-            done_here,
-            memory - baseline,
-            max_trials=spec.worker.max_trials,
-            max_growth_mb=spec.worker.max_memory_growth_mb,
+        if (
+            not warned
+            and recycle_soon(
+                done_here,
+                memory - baseline,
+                max_trials=spec.worker.max_trials,
+                max_growth_mb=spec.worker.max_memory_growth_mb,
+            )
+            and _work_after_two_more(study, target)
         ):
             print(RECYCLE_SOON, flush=True)
             warned = True
@@ -286,6 +290,19 @@ def _go(signals: _Signals) -> tuple[bool, int | None]:
             if not words or words[0] != "go":
                 return False, None
             return True, int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+
+
+def _work_after_two_more(study: optuna.Study, target: int | None) -> bool:
+    """Whether trials will be left for a successor after every running worker's next two trials.
+
+    A successor started for nothing costs a core seconds of start-up while the others train.
+    """
+    if target is None:
+        return True
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(records.counts_toward_target(t) for t in trials)
+    running = sum(t.state.name == "RUNNING" for t in trials)
+    return target - counted - running > 2 * max(1, running)
 
 
 def _over(done: int, growth_mb: float, limit_mb: float) -> bool:

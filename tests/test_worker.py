@@ -115,3 +115,20 @@ def test_a_worker_leaves_before_the_trial_that_would_pass_the_memory_limit() -> 
     assert not _over(6, 70.0, 96)  # 14 MB a trial: the next one ends at 84
     assert _over(7, 84.0, 96)  # the next one would end at 98
     assert _over(2, 100.0, 96)
+
+
+def test_no_successor_is_asked_for_when_the_study_is_about_to_end(tmp_path: Path) -> None:
+    from optuna.trial import TrialState, create_trial
+
+    from sweep.worker import _work_after_two_more
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'end.db'}")
+    for _ in range(5):
+        study.add_trial(create_trial(value=1.0))
+    assert _work_after_two_more(study, target=10)  # 5 left, nobody else running: a successor gets 3
+    assert not _work_after_two_more(study, target=7)  # this worker's next two trials end the study
+    assert _work_after_two_more(study, target=None)  # a time-limited sweep always has work
+    study.ask()  # another worker is running a trial
+    study.add_trial(create_trial(state=TrialState.RUNNING))  # and another
+    assert not _work_after_two_more(study, target=10)  # 3 left, two running workers take them
+    assert _work_after_two_more(study, target=13)
