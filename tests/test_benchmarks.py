@@ -253,3 +253,17 @@ def test_plain_loop_trains_every_queued_trial_to_the_end(tmp_path: Path) -> None
     assert [t.state.name for t in trials] == ["COMPLETE"] * 7
     assert [{k: t.params[k] for k in c} for t, c in zip(trials, configs, strict=True)] == configs
     assert all(len(t.user_attrs["curves"]["val_loss"][0]) == 2 for t in trials)
+
+
+def test_worker_growth_is_read_at_the_ends_of_its_own_trials() -> None:
+    from benchmarks.memory import ChildSampler
+
+    sampler = ChildSampler(0, Path("/nonexistent.db"))
+    # (time, RSS MB, trials this worker has finished): training peaks between trial ends.
+    sampler.samples = {7: [(0, 500.0, 0), (1, 560.0, 0), (2, 520.0, 1), (3, 580.0, 1), (4, 540.0, 2),
+                           (5, 600.0, 2), (6, 545.0, 3)]}  # fmt: skip
+    (worker,) = sampler.per_worker()
+    assert worker["baseline_mb"] == 520.0
+    assert worker["growth_mb"] == 25.0  # 520 -> 540 -> 545 at the ends of trials 1, 2, 3
+    assert worker["peak_growth_mb"] == 80.0  # 600 during trial 3
+    assert worker["trials_seen"] == 3 and worker["peak_mb"] == 600.0
