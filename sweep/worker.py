@@ -305,10 +305,15 @@ def _work_after_two_more(study: optuna.Study, target: int | None) -> bool:
     return target - counted - running > 2 * max(1, running)
 
 
+RATE_AFTER = 4
+"""Trials a worker runs before it predicts its growth from its rate: the first ones still warm
+TensorFlow up, and one interval says little (a larger model raises the high-water mark once)."""
+
+
 def _over(done: int, growth_mb: float, limit_mb: float) -> bool:
     """Whether the growth is past the limit, or the next trial would take it there at the rate seen so far."""
     rate = max(0.0, growth_mb) / max(1, done - 1)
-    return growth_mb > limit_mb or (done >= 2 and growth_mb + rate > limit_mb)
+    return growth_mb > limit_mb or (done >= RATE_AFTER and growth_mb + rate > limit_mb)
 
 
 def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb: float) -> bool:
@@ -320,7 +325,7 @@ def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb:
     if done + 2 >= max_trials:
         return True
     rate = max(0.0, growth_mb) / max(1, done - 1)
-    return done >= 2 and growth_mb + 2 * rate > max_growth_mb
+    return done >= RATE_AFTER - 1 and growth_mb + 2 * rate > max_growth_mb
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:

@@ -65,6 +65,8 @@ def test_recycle_soon_looks_two_trials_ahead() -> None:
     assert not recycle_soon(5, 56.0, max_trials=50, max_growth_mb=96)
     assert recycle_soon(6, 70.0, max_trials=50, max_growth_mb=96)
     assert not recycle_soon(1, 0.0, max_trials=50, max_growth_mb=96)  # no rate known yet
+    # One early jump (a larger model, TensorFlow warming up) is no rate: no successor yet.
+    assert not recycle_soon(2, 54.0, max_trials=50, max_growth_mb=96)
 
 
 def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> None:
@@ -115,6 +117,9 @@ def test_a_worker_leaves_before_the_trial_that_would_pass_the_memory_limit() -> 
     assert not _over(6, 70.0, 96)  # 14 MB a trial: the next one ends at 84
     assert _over(7, 84.0, 96)  # the next one would end at 98
     assert _over(2, 100.0, 96)
+    assert not _over(2, 54.0, 96)  # one early interval is no rate: it waits for the limit itself
+    assert not _over(3, 90.0, 96)
+    assert _over(4, 90.0, 96)  # 30 MB a trial over three trials: the next would pass 96
 
 
 def test_no_successor_is_asked_for_when_the_study_is_about_to_end(tmp_path: Path) -> None:
