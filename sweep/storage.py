@@ -140,7 +140,7 @@ def open_storage(
                 if heartbeat_interval and max_retries > 0
                 else None
             )
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -148,8 +148,33 @@ def open_storage(
                 heartbeat_stale_trial_callback=callback,
                 skip_table_creation=not create,
             )
+        if url.startswith("sqlite"):
+            _immediate_transactions(storage.engine)
+        return storage
     except (SQLAlchemyError, optuna.exceptions.OptunaError, ImportError, ValueError, RuntimeError) as exc:
         raise storage_error(url, exc) from None
+
+
+def _immediate_transactions(engine: Any) -> None:
+    """Make every SQLite transaction of ``engine`` take the write lock when it begins.
+
+    SQLite ignores SELECT ... FOR UPDATE, so two workers that pop the same queued
+    trial at the same moment would both read it as WAITING and both run it (Optuna
+    checks the state, then writes it, in one deferred transaction). BEGIN IMMEDIATE
+    serialises such transactions; in WAL mode readers elsewhere are not blocked.
+    This is SQLAlchemy's documented recipe for the pysqlite driver.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver begins nothing; the event below does
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners are dropped
 
 
 def storage_error(url: str, exc: BaseException) -> SweepError:

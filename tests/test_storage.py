@@ -76,3 +76,39 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "cannot open storage" in result.stderr
     assert "s3cret" not in result.stderr
+
+
+_POP = """
+import sys, time
+import optuna
+from sweep.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="queue", storage=open_storage(sys.argv[1]))
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.01)
+for _ in range(10):
+    trial = study.ask()
+    print(trial.number, flush=True)
+"""
+
+
+def test_each_queued_trial_is_taken_by_one_process_only_on_sqlite(tmp_path: Path) -> None:
+    """SQLite ignores FOR UPDATE: without immediate transactions two workers could run one queued trial."""
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'queue.db'}"
+    study = optuna.create_study(study_name="queue", storage=url)
+    for i in range(40):
+        study.enqueue_trial({"x": i}, skip_if_exists=False)
+    start = time.time() + 5  # all four begin popping at the same moment
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _POP, url, repr(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    taken = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(taken) == list(range(40))  # each of the 40 exactly once
