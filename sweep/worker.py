@@ -310,10 +310,14 @@ RATE_AFTER = 4
 TensorFlow up, and one interval says little (a larger model raises the high-water mark once)."""
 
 
+def _rate(done: int, growth_mb: float) -> float:
+    """MB per trial since the recycling baseline (the end of the first of ``done`` trials)."""
+    return max(0.0, growth_mb) / max(1, done - 1)
+
+
 def _over(done: int, growth_mb: float, limit_mb: float) -> bool:
     """Whether the growth is past the limit, or the next trial would take it there at the rate seen so far."""
-    rate = max(0.0, growth_mb) / max(1, done - 1)
-    return growth_mb > limit_mb or (done >= RATE_AFTER and growth_mb + rate > limit_mb)
+    return growth_mb > limit_mb or (done >= RATE_AFTER and growth_mb + _rate(done, growth_mb) > limit_mb)
 
 
 def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb: float) -> bool:
@@ -324,8 +328,7 @@ def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb:
     """
     if done + 2 >= max_trials:
         return True
-    rate = max(0.0, growth_mb) / max(1, done - 1)
-    return done >= RATE_AFTER - 1 and growth_mb + 2 * rate > max_growth_mb
+    return done >= RATE_AFTER - 1 and growth_mb + 2 * _rate(done, growth_mb) > max_growth_mb
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
