@@ -98,23 +98,22 @@ def write_failure_note(trial: optuna.Trial, reason: str) -> None:
 
 
 def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
-    from sweep.train import Stop
-
     s, curves = outcome.summary, outcome.curves
-    last = curves[-1]
     lines: list[str] = []
-    if last.stop is Stop.PRUNED:
+    if outcome.stopped and s.diagnosis.value != "diverged":
+        why = (
+            f"Racing stopped it after repeat 0: {outcome.stopped}."
+            if outcome.raced_out
+            else f"The {spec.pruner.name} pruner stopped it at epoch {curves[-1].epochs} of repeat 0: its running "
+            "score was worse than the other trials' at that epoch."
+        )
         lines += [
-            f"### Trial {number}: pruned at epoch {last.epochs} of repeat 0",
+            f"### Trial {number}: pruned after {len(curves)} of {spec.training.repeats} repeat(s)",
             "",
-            f"The {spec.pruner.name} pruner stopped it: its validation loss at epoch {last.epochs} "
-            f"({_f(last.val_loss[-1])}) was worse than the other trials' at that epoch, so its other "
-            f"{spec.training.repeats - 1} repeat(s) were not trained. Pruned trials are never ranked "
-            "above complete ones.",
+            f"{why} Its value is its repeat-0 score; pruned trials are never ranked above complete ones, "
+            "and get no training advice.",
             "",
         ]
-    elif s.diagnosis.value == "diverged":
-        lines += [f"### Trial {number}: diverged", "", s.hint, ""]
     else:
         lines += [f"### Trial {number}: {s.diagnosis.value}", "", s.hint, ""]
     lines += [
@@ -124,10 +123,11 @@ def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
         "| component | value | meaning |",
         "|---|---|---|",
         f"| best | {_f(s.best)} | lowest validation loss seen |",
-        f"| degradation | {_f(s.degradation)} | tail mean above each repeat's minimum |",
+        f"| baseline | {_f(s.baseline)} | loss of a model that learned nothing |",
+        f"| degradation | {_f(s.degradation)} | tail mean above the best stretch of training |",
         f"| oscillation | {_f(s.oscillation)} | mean epoch-to-epoch change in the tail |",
         f"| gap | {_f(s.gap)} | tail validation minus training loss |",
-        f"| repeat_spread | {_f(s.repeat_spread)} | spread of the repeats' tail means |",
+        f"| repeat_spread | {_f(s.repeat_spread)} | repeats' spread beyond the splits' own (when judged) |",
         "",
         "Repeats: "
         + ", ".join(f"{c.epochs} epochs ({c.stop.value})" for c in curves)
@@ -210,7 +210,8 @@ def study_note(name: str, ranked: list[Any]) -> str:
     lines = [
         f"### Stability ranking of {name} (top {min(TOP_IN_NOTE, len(ranked))} of {len(ranked)} complete)",
         "",
-        "Lower is better: score = tail_mean + risk × tail_std. Updated " + stamp + ".",
+        "Lower is better: score = tail_mean + risk × tail_std, both from each repeat's own tail "
+        "(the spread between splits is the same for every trial and is left out). Updated " + stamp + ".",
         "",
         "| rank | trial | score | tail_mean | tail_std | diagnosis | layers | units | lr | optimizer | batch | dropout | l2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

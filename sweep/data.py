@@ -35,6 +35,7 @@ __all__ = [
     "fingerprint",
     "load_dataset",
     "make_splits",
+    "baseline_loss",
     "prepare",
 ]
 
@@ -856,7 +857,9 @@ def make_splits(ds: Dataset, *, n_splits: int, validation_fraction: float = 0.2,
     (stratified) K-fold with ``k = max(2, round(1 / validation_fraction))``,
     reshuffled with ``seed + 1``, ``seed + 2``... past ``k``; for time-ordered
     data, expanding windows whose validation blocks of
-    ``round(validation_fraction * n)`` rows end at the end of the series.
+    ``round(validation_fraction * n)`` rows end at the end of the series, the
+    latest first (split 0 validates on the last block: the one nearest the
+    future a forecast is for, and the one the pruner and racing look at).
     Any integer ``seed`` works (scikit-learn gets it modulo 2**32); the same
     seed gives the same splits in every process.
 
@@ -921,7 +924,7 @@ def _time_splits(n: int, splits: int, fraction: float) -> list[Split]:
         )
     result = []
     for position in range(splits):
-        start = n - (splits - position) * block
+        start = n - (position + 1) * block
         result.append(_split(indices[:start], indices[start : start + block]))
     return result
 
@@ -1044,3 +1047,23 @@ def prepare(ds: Dataset, split: Split) -> Prepared:
         y_mean=y_mean,
         y_scale=y_scale,
     )
+
+
+def baseline_loss(data: Prepared) -> float:
+    """The validation loss of a model that learned nothing, on the loss's own scale.
+
+    Classification: the cross-entropy of predicting the training rows' class
+    frequencies for every validation row (a class absent from training gets
+    probability 1e-7, Keras' epsilon). Regression and forecasting: the mean
+    squared error of predicting the training mean, in the standardised units
+    the model is trained in (about 1.0 when the validation targets look like
+    the training targets).
+    """
+    if data.y_mean is None:
+        k = int(max(data.y_train.max(), data.y_valid.max())) + 1
+        prior = np.bincount(data.y_train, minlength=k) / data.y_train.size
+        prior = np.clip(prior, 1e-7, 1.0)
+        return float(-np.log(prior[data.y_valid]).mean())
+    train = data.y_train.astype(np.float64)
+    valid = data.y_valid.astype(np.float64)
+    return float(((valid - train.mean(axis=0)) ** 2).mean())

@@ -1,22 +1,27 @@
-"""One trial: draw a configuration, train it R times, summarise its stability, record it.
+"""One trial: draw a configuration, train it up to R times, summarise its stability, record it.
 
 Repeats use the same seeds and the same splits for every trial (repeat r
-trains with seed ``base + r`` on split r), so that trials differ only by
-their configuration. Only the first repeat reports its per-epoch validation
-loss to Optuna: the pruner then compares every trial's repeat 0 at the same
-epoch, on the same split and seed (like with like), and a configuration it
-stops never spends the other R-1 repeats.
+trains with seed ``base + r`` on split r; for time series split 0 is the
+latest window, the one nearest the future the model will forecast), so that
+trials differ only by their configuration.
+
+Repeat 0 reports its running stability score (:func:`sweep.stability.repeat_score`
+of its curve so far) to Optuna after every epoch: the pruner compares every
+trial's repeat 0 at the same epoch, on the same split and seed (like with
+like), and a pruned trial's Optuna value is the same kind of number as its
+ranked score. After repeat 0, racing (``[racing]``) lets only contenders
+train the other R-1 repeats.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import Interrupted, TrialFailed
-from sweep.stability import summarize
+from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
 from sweep.train import Stop
 
 if TYPE_CHECKING:
@@ -52,15 +57,23 @@ def repeat_seed(base: int | None, repeat: int) -> int:
 
 @dataclass(frozen=True)
 class TrialOutcome:
+    """What training one configuration gave.
+
+    ``stopped`` says why fewer than R repeats ran (pruned, raced out, diverged),
+    or is empty when every repeat ran; ``raced_out`` marks a trial that racing stopped.
+    """
+
     curves: tuple[Curves, ...]
     summary: Summary
+    stopped: str = ""
+    raced_out: bool = False
 
 
 class Objective:
     """The callable handed to ``study.optimize``."""
 
     def __init__(self, spec: StudySpec, dataset: Dataset, *, artifact_store: Any = None) -> None:
-        from sweep.data import make_splits, prepare
+        from sweep.data import baseline_loss, make_splits, prepare
 
         self.spec = spec
         self.artifact_store = artifact_store
@@ -72,6 +85,7 @@ class Objective:
             seed=repeat_seed(spec.study.seed, 0),
         )
         self.prepared: list[Prepared] = [prepare(dataset, s) for s in splits]
+        self.baselines: tuple[float, ...] = tuple(baseline_loss(p) for p in self.prepared)
         self.before_trial: Any = None
         self.interrupt: Any = lambda: None  # -> the signal number once the process was asked to stop
 
@@ -84,13 +98,17 @@ class Objective:
         return self.record(trial, self.train(params, trial=trial))
 
     def train(self, params: Any, *, trial: optuna.Trial | None = None) -> TrialOutcome:
+        """Train ``params`` on repeat 0, then on the other repeats while it is a contender."""
         from sweep.train import fit_repeat, release
 
         spec = self.spec
-        report = trial is not None and spec.study.objective == "score"
+        scored = spec.study.objective == "score"
+        report = trial is not None and scored
+        repeats = len(self.prepared)
         curves: list[Curves] = []
+        stopped, raced_out = "", False
         for r, data in enumerate(self.prepared):
-            hook = _pruning_hook(trial) if (report and r == 0 and trial is not None) else None
+            hook = _pruning_hook(trial, spec) if (report and r == 0 and trial is not None) else None
             c, _ = fit_repeat(
                 params,
                 family=spec.model.family,
@@ -109,15 +127,28 @@ class Objective:
             if c.stop is Stop.INTERRUPTED:
                 raise Interrupted(self.interrupt())
             curves.append(c)
-            if c.stop in (Stop.DIVERGED, Stop.PRUNED):
+            if c.stop is Stop.DIVERGED:
+                stopped = f"diverged in repeat {r} of {repeats}"
                 break
+            if c.stop is Stop.PRUNED:
+                stopped = f"pruned at epoch {c.epochs} of repeat 0 by the {spec.pruner.name} pruner"
+                break
+            if r == 0 and repeats > 1 and scored and trial is not None and spec.racing.enabled:
+                verdict = race(trial, repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk), spec)
+                if verdict:
+                    stopped, raced_out = verdict, True
+                    break
         summary = summarize(
             [c.val_loss for c in curves],
             [c.loss for c in curves],
             tail=spec.stability.tail,
             risk=spec.stability.risk,
+            baseline=sum(self.baselines[: len(curves)]) / len(curves),
+            reference=None if trial is None or len(curves) < repeats else study_reference(trial, repeats),
         )
-        return TrialOutcome(curves=tuple(curves), summary=summary)
+        if stopped and summary.diagnosis is not Diagnosis.DIVERGED:
+            summary = replace(summary, diagnosis=Diagnosis.PRUNED, hint=f"{stopped}: {HINTS[Diagnosis.PRUNED]}")
+        return TrialOutcome(curves=tuple(curves), summary=summary, stopped=stopped, raced_out=raced_out)
 
     def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | tuple[float, float]:
         """Store curves and summary on the trial; end it as the outcome says."""
@@ -127,6 +158,9 @@ class Objective:
         trial.set_user_attr(records.CURVES, curves_attr(curves))
         for key, value in records.summary_attrs(summary).items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr(records.STOPPED, outcome.stopped or f"all {len(self.prepared)} repeats ran")
+        if outcome.raced_out:
+            trial.set_user_attr(records.RACED_OUT, True)
         trial.set_user_attr("train_seconds", round(sum(c.seconds for c in curves), 3))
         if self.spec.dashboard.notes:
             from sweep.dashboard import write_trial
@@ -143,10 +177,61 @@ class Objective:
             raise TrialFailed(reason)
         if last.stop is Stop.PRUNED:
             trial.set_user_attr("pruned_at_epoch", last.epochs)
-            raise optuna.TrialPruned(f"pruned at epoch {last.epochs} of repeat 0")
+            raise optuna.TrialPruned(outcome.stopped)
+        if outcome.raced_out:
+            raise optuna.TrialPruned(outcome.stopped)
         if self.spec.study.objective == "pareto":
             return summary.tail_mean, summary.tail_std
         return summary.score
+
+
+def race(trial: optuna.Trial, score0: float, spec: StudySpec) -> str:
+    """Why ``trial`` stops after repeat 0, or ``""`` when it is a contender.
+
+    A contender's repeat-0 score is among the best ``racing.keep`` fraction of
+    the repeat-0 scores of the study's finished trials that ran repeat 0 to its
+    end (complete or raced out), itself included; every repeat 0 ran on the
+    same split with the same seed, so the scores compare like with like.
+    """
+    scores = [s for s in (_repeat0_score(t, spec) for t in _finished(trial)) if s is not None]
+    if len(scores) < spec.racing.n_startup_trials:
+        return ""
+    pool = sorted([*scores, score0])
+    cut = pool[max(0, math.ceil(spec.racing.keep * len(pool)) - 1)]
+    if score0 <= cut:
+        return ""
+    return (
+        f"raced out after repeat 0 of {spec.training.repeats}: its repeat-0 score {score0:.4g} is not "
+        f"among the best {spec.racing.keep:.0%} of {len(pool)} repeat-0 scores (cut {cut:.4g})"
+    )
+
+
+def study_reference(trial: optuna.Trial, repeats: int) -> tuple[float, ...] | None:
+    """The per-split reference from the study's complete trials so far (:func:`split_reference`)."""
+    means = [
+        t.user_attrs.get("repeat_means") or []
+        for t in _finished(trial)
+        if t.state.name == "COMPLETE"
+    ]
+    return split_reference([m for m in means if isinstance(m, list)], n_repeats=repeats)
+
+
+def _finished(trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _repeat0_score(t: optuna.trial.FrozenTrial, spec: StudySpec) -> float | None:
+    """A finished trial's repeat-0 score, when its repeat 0 ran to its end."""
+    if t.state.name == "PRUNED" and not t.user_attrs.get(records.RACED_OUT):
+        return None
+    means, stds = t.user_attrs.get("repeat_means"), t.user_attrs.get("repeat_stds")
+    if not (isinstance(means, list) and isinstance(stds, list) and means and stds):
+        return None
+    if not all(isinstance(x, int | float) for x in (means[0], stds[0])):
+        return None
+    return float(means[0]) + spec.stability.risk * float(stds[0])
 
 
 def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:
@@ -162,9 +247,14 @@ def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:
     }
 
 
-def _pruning_hook(trial: optuna.Trial) -> Any:
+def _pruning_hook(trial: optuna.Trial, spec: StudySpec) -> Any:
+    """Report repeat 0's running score each epoch: the pruned value is then the ranked score."""
+    seen: list[float] = []
+    tail, risk = spec.stability.tail, spec.stability.risk
+
     def hook(epoch: int, val_loss: float) -> bool:
-        trial.report(val_loss, epoch)
+        seen.append(val_loss)
+        trial.report(repeat_score(seen, tail=tail, risk=risk), epoch)
         return trial.should_prune()
 
     return hook

@@ -28,6 +28,10 @@ SPEC_CHANGES = "sweep:spec_changes"
 REQUEUED = "sweep:requeued"
 
 CURVES = "curves"
+STOPPED = "stopped"
+"""Why the trial ran fewer than R repeats (pruned, raced out, diverged), or ``all R repeats ran``."""
+RACED_OUT = "raced_out"
+"""``True`` on a trial that racing stopped after repeat 0 (it ends PRUNED)."""
 FAIL_REASON = "fail_reason"
 WORKER = "worker"
 """``host:pid`` of the worker process that ran the trial."""
@@ -42,8 +46,13 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "oscillation",
     "gap",
     "repeat_spread",
+    "baseline",
     "diagnosis",
     "hint",
+    "n_repeats",
+    "epochs",
+    "repeat_means",
+    "repeat_stds",
 )
 
 
@@ -102,13 +111,22 @@ def summary_attrs(summary: Summary) -> dict[str, Any]:
     """The stability summary as user attrs: numbers as numbers, ``None`` for non-finite."""
     out: dict[str, Any] = {}
     for key, value in summary.to_attrs().items():
-        out[key] = finite_or_none(value) if isinstance(value, float) else value
+        if isinstance(value, float):
+            out[key] = finite_or_none(value)
+        elif isinstance(value, list):
+            out[key] = [finite_or_none(v) if isinstance(v, float) else v for v in value]
+        else:
+            out[key] = value
     return out
 
 
-def rescore(curves: StoredCurves, *, risk: float, tail: int) -> dict[str, Any]:
-    """Summary attrs recomputed from stored curves with another ``risk`` or ``tail``."""
+def rescore(curves: StoredCurves, *, risk: float, tail: int, baseline: float | None = None) -> dict[str, Any]:
+    """Summary attrs recomputed from stored curves with another ``risk`` or ``tail``.
+
+    No per-split reference is applied here: ``sweep rank`` judges the spread
+    for the whole study afterwards (:func:`sweep.stability.judge_spread`).
+    """
     from sweep.stability import summarize
 
     train = curves.loss if len(curves.loss) == len(curves.val_loss) else None
-    return summary_attrs(summarize(curves.val_loss, train, tail=tail, risk=risk))
+    return summary_attrs(summarize(curves.val_loss, train, tail=tail, risk=risk, baseline=baseline))

@@ -17,6 +17,7 @@ from typing import Any
 from sweep import records
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec, spec_from_dict
+from sweep.stability import Diagnosis, judge_spread, residual_spread, split_reference, window_words
 from sweep.storage import load_study, mask, read_engine, storage_error
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -29,6 +30,7 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "gap",
     "repeat_spread",
 )
+_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED)
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
@@ -51,6 +53,8 @@ class RankedTrial:
     hint: str | None
     params: dict[str, Any] = field(default_factory=dict)
     fail_reason: str | None = None
+    n_repeats: int | None = None
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +105,7 @@ class StudyStatus:
 def study_status(study_name: str, *, url: str) -> StudyStatus:
     """Counts by state, progress toward the target and the best trial; reads only the storage."""
     study = _open(study_name, url)
-    rows = _read_rows(study, keys=(*records.SUMMARY_FIELDS, records.FAIL_REASON))
+    rows = _judge_spreads(_read_rows(study, keys=_KEYS), study)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -154,14 +158,13 @@ def rank(
         raise UserError(f"--top: got {top!r}; allowed: an integer >= 1")
     study = _open(study_name, url)
     rescore = risk is not None or tail is not None
-    keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON) + ((records.CURVES,) if rescore else ())
+    keys = _KEYS + ((records.CURVES,) if rescore else ())
     rows = _read_rows(study, keys=keys)
     if rescore:
         spec = _stored_spec(study)
-        rows = [
-            _rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail or spec.stability.tail)
-            for r in rows
-        ]
+        tail = tail or spec.stability.tail
+        rows = [_rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail) for r in rows]
+    rows = _judge_spreads(rows, study, tail=tail)
     ranked = _rank_rows(rows, by=by, include_all=include_all)
     return ranked[:top] if top else ranked
 
@@ -178,8 +181,52 @@ def _rescore(row: _Row, *, risk: float, tail: int) -> _Row:
     if not isinstance(raw, dict) or not raw.get("val_loss"):
         return row
     attrs = dict(row.attrs)
-    attrs.update(records.rescore(records.StoredCurves.from_attr(raw), risk=risk, tail=tail))
+    baseline = _num(attrs.get("baseline"))
+    attrs.update(records.rescore(records.StoredCurves.from_attr(raw), risk=risk, tail=tail, baseline=baseline))
+    if row.attrs.get("diagnosis") == Diagnosis.PRUNED.value:  # stopped early: keep why, not training advice
+        attrs["diagnosis"], attrs["hint"] = row.attrs["diagnosis"], row.attrs.get("hint")
     return _Row(row.number, row.state, row.params, attrs)
+
+
+def _judge_spreads(rows: list[_Row], study: _Study, *, tail: int | None = None) -> list[_Row]:
+    """The spread of every complete trial judged against the study's per-split reference now.
+
+    Every trial trains on the same splits, so the median tail mean of the
+    complete trials on each split is what that split does to every
+    configuration; a trial is ``unstable_across_repeats`` only for the spread
+    of its residuals against it (:func:`sweep.stability.judge_spread`). Only
+    trials stored as ``stable`` or ``unstable_across_repeats`` can change label.
+    """
+    raw_spec = study.user_attrs.get(records.SPEC)
+    if not isinstance(raw_spec, dict):
+        return rows
+    spec = _stored_spec(study)
+    repeats, tail = spec.training.repeats, tail or spec.stability.tail
+    complete = [r for r in rows if r.state == "COMPLETE" and isinstance(r.attrs.get("repeat_means"), list)]
+    reference = split_reference([r.attrs["repeat_means"] for r in complete], n_repeats=repeats)
+    judged = {Diagnosis.STABLE.value, Diagnosis.UNSTABLE_ACROSS_REPEATS.value}
+    out = []
+    for row in rows:
+        means, attrs = row.attrs.get("repeat_means"), row.attrs
+        if row.state != "COMPLETE" or not isinstance(means, list) or any(m is None for m in means):
+            out.append(row)
+            continue
+        attrs = dict(attrs)
+        if attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
+            diagnosis, hint, spread = judge_spread(
+                tail_mean=float(attrs["tail_mean"]),
+                tail_std=float(attrs.get("tail_std") or 0.0),
+                repeat_means=means,
+                reference=reference,
+                window=window_words(tail, attrs.get("epochs") or [tail]),
+                baseline=_num(attrs.get("baseline")),
+            )
+            attrs.update(diagnosis=diagnosis.value, hint=hint)
+        else:
+            spread = residual_spread(means, reference)
+        attrs["repeat_spread"] = spread
+        out.append(_Row(row.number, row.state, row.params, attrs))
+    return out
 
 
 def _rank_rows(rows: Sequence[_Row], *, by: str, include_all: bool) -> list[RankedTrial]:
@@ -204,6 +251,8 @@ def _rank_rows(rows: Sequence[_Row], *, by: str, include_all: bool) -> list[Rank
                 hint=a.get("hint"),
                 params={k: r.params[k] for k in (*PARAM_NAMES, "layer_norm") if k in r.params},
                 fail_reason=a.get(records.FAIL_REASON),
+                n_repeats=a.get("n_repeats") if isinstance(a.get("n_repeats"), int) else None,
+                stopped=a.get(records.STOPPED),
             )
         )
     return out

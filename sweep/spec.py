@@ -1,7 +1,7 @@
 """Study files: TOML -> a frozen, validated :class:`StudySpec`.
 
 A study file has the sections ``[study]``, ``[data]``, ``[model]``, ``[search]``,
-``[training]``, ``[stability]``, ``[sampler]``, ``[pruner]`` and ``[worker]``.
+``[training]``, ``[stability]``, ``[sampler]``, ``[pruner]``, ``[racing]``, ``[worker]`` and ``[dashboard]``.
 Every later step reads the frozen spec, never the raw TOML. Every mistake is
 reported as one line naming the field, the value and what is allowed
 (:class:`sweep.errors.SpecError`), before anything is written anywhere.
@@ -396,6 +396,21 @@ class PrunerSection(_Section):
     reduction_factor: int = Field(default=3, ge=2)
 
 
+class RacingSection(_Section):
+    """Which trials get every repeat: repeat 0 runs for every trial, the others only for contenders.
+
+    After its repeat 0, a trial goes on only while its repeat-0 score is among
+    the best ``keep`` fraction of the repeat-0 scores of the study's trials
+    (same split, same seed: like with like); the first ``n_startup_trials``
+    trials that finish repeat 0 always go on. A trial stopped here ends as
+    PRUNED, its value its repeat-0 score.
+    """
+
+    enabled: bool = True
+    keep: float = Field(default=0.25, gt=0.0, le=1.0)
+    n_startup_trials: int = Field(default=5, ge=0)
+
+
 class WorkerSection(_Section):
     """How a worker process runs; none of it changes results, so it is not drift-checked."""
 
@@ -441,6 +456,7 @@ class StudySpec(_Section):
     stability: StabilitySection = Field(default_factory=StabilitySection)
     sampler: SamplerSection = Field(default_factory=SamplerSection)
     pruner: PrunerSection = Field(default_factory=PrunerSection)
+    racing: RacingSection = Field(default_factory=RacingSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
     dashboard: DashboardSection = Field(default_factory=DashboardSection)
 

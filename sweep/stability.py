@@ -1,33 +1,50 @@
 """Validation-loss stability: the score that ranks trials, and why a trial is unstable.
 
-A trial is trained ``R`` times (repeats). Repeat ``r`` yields a validation-loss
-curve ``v_r`` and, optionally, a training-loss curve ``u_r``: one float per
-epoch. Curves may differ in length (early stopping, pruning). The *tail* of a
-curve is its last ``min(tail, len)`` points. :func:`summarize` pools the tails of
-all repeats and returns a frozen :class:`Summary`::
+A trial is trained up to ``R`` times (repeats). Repeat ``r`` trains on split
+``r`` with seed ``base + r``, the same split and seed for every trial of a
+study, and yields a validation-loss curve ``v_r`` and, optionally, a
+training-loss curve ``u_r``: one float per epoch. Curves may differ in length
+(early stopping, pruning). The *tail* of a curve is its last
+``w_r = min(tail, len(v_r))`` points, with mean ``m_r`` and population variance
+``s_r**2``. :func:`summarize` returns a frozen :class:`Summary`::
 
-    score = tail_mean + risk * tail_std        (lower is better)
+    tail_mean = mean over repeats of m_r          (a cross-validated estimate)
+    tail_std  = sqrt(mean over repeats of s_r**2) (how much each run still moves at its end)
+    score     = tail_mean + risk * tail_std       (lower is better)
 
-``tail_std`` is the population standard deviation of the pooled tail points, so
-it grows with oscillation at the end of training, with a rise after the best
-epoch, and with disagreement between repeats: a configuration that once dipped
-low but ends high and noisy scores worse than one that ends steadily low.
+The splits differ in difficulty for every configuration alike: a harder split
+raises every trial's ``m_r`` by about the same amount. The score therefore
+holds no spread *between* repeats: ``tail_mean`` moves by the same amount for
+every trial that ran the same repeats, and ``tail_std`` is measured within each
+run (oscillation and rise at the end of training). What the configuration
+itself adds to the split-to-split spread is :attr:`Summary.repeat_spread`: the
+spread of the residuals ``m_r - ref_r`` against the study's per-split reference
+``ref_r`` (the median ``m_r`` of the study's complete trials, see
+:func:`split_reference`), and only that can make a trial
+``unstable_across_repeats``.
+
+A one-repeat summary's score is exactly :func:`repeat_score` of that curve:
+that is the value the first repeat reports to the pruner every epoch, so a
+pruned trial's Optuna value and its ranked score are one number.
 
 Non-finite input (NaN, +inf or -inf anywhere in a validation or training curve)
 gives ``score == math.inf`` and :attr:`Diagnosis.DIVERGED`; every tail
-statistic (``tail_mean``, ``tail_std``, ``degradation``, ``oscillation``,
-``repeat_spread``, and ``gap`` when training curves are given) is then
-``math.inf`` too, so a :class:`Summary` never holds NaN. ``best`` stays the
-lowest finite validation loss seen (``math.inf`` if there is none). The same
-applies when finite losses are so large that a statistic or the score overflows.
+statistic (``tail_mean``, ``tail_std``, ``degradation``, ``oscillation``, and
+``gap`` when training curves are given) is then ``math.inf`` too, so a
+:class:`Summary` never holds NaN. ``best`` stays the lowest finite validation
+loss seen (``math.inf`` if there is none). The same applies when finite losses
+are so large that a statistic or the score overflows.
 
 Each trial gets one :class:`Diagnosis`, the first of :data:`RULES` that holds.
 The thresholds are relative to the loss level, so they mean the same for a
 cross-entropy near 2 and a mean squared error near 1e-4. The quantities the
 rules use:
 
-* ``level = max(|tail_mean|, |best|, 1e-8)``;
+* ``level = max(|tail_mean|, 1e-8)``;
 * ``first``: the mean over repeats of the first-epoch validation loss;
+* ``baseline``: the loss of a model that learned nothing (the training-class
+  prior, or the training mean), averaged over the repeats' splits; given by
+  the caller, or ``None`` when unknown;
 * ``jitter``: the part of ``oscillation`` that a steady trend does not explain,
   ``(sum of |epoch-to-epoch changes| - sum of |last - first| per tail) / number
   of changes``, pooled over the repeats' tails; 0 for tails that only fall or
@@ -38,8 +55,8 @@ rules use:
 * ``train_slope``: the same for the training tails, divided by
   ``train_level = max(|train tail mean|, |lowest train loss|, 1e-8)``;
 * ``val_rose``: ``degradation > 0.1 * level`` and ``val_slope >= -0.01``: the
-  validation loss rose above its minimum and is not still falling (a curve that
-  is still falling also has a tail mean above its minimum).
+  end of training sits above the lowest loss it had reached and is not still
+  falling.
 
 This module imports numpy only: read-only commands such as ``sweep rank`` use it.
 """
@@ -56,17 +73,24 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BASELINE_TOLERANCE",
     "DEGRADATION_TOLERANCE",
     "DIVERGENCE_RISE",
     "HINTS",
     "LEVEL_FLOOR",
+    "MIN_REFERENCE_TRIALS",
     "OSCILLATION_TOLERANCE",
     "RULES",
     "SLOPE_TOLERANCE",
     "SPREAD_TOLERANCE",
     "Diagnosis",
     "Summary",
+    "judge_spread",
+    "repeat_score",
+    "residual_spread",
+    "split_reference",
     "summarize",
+    "window_words",
 ]
 
 LEVEL_FLOOR = 1e-8
@@ -74,6 +98,9 @@ LEVEL_FLOOR = 1e-8
 
 DIVERGENCE_RISE = 2.0
 """Diverged when ``tail_mean - first > DIVERGENCE_RISE * max(|first|, LEVEL_FLOOR)``."""
+
+BASELINE_TOLERANCE = 0.10
+"""Not learning when ``tail_mean >= (1 - BASELINE_TOLERANCE) * baseline``."""
 
 SPREAD_TOLERANCE = 0.10
 """Unstable across repeats when ``repeat_spread > SPREAD_TOLERANCE * level``."""
@@ -87,6 +114,9 @@ DEGRADATION_TOLERANCE = 0.10
 SLOPE_TOLERANCE = 0.01
 """Falling: relative slope per epoch ``< -SLOPE_TOLERANCE``; rising: ``> +SLOPE_TOLERANCE``."""
 
+MIN_REFERENCE_TRIALS = 3
+"""Fewest complete trials with every repeat that make a per-split reference."""
+
 FloatArray = npt.NDArray[np.float64]
 LossCurve = Sequence[float] | npt.NDArray[np.floating[Any]]
 """One repeat's per-epoch losses: a list of floats or a 1-D array."""
@@ -98,11 +128,14 @@ class Diagnosis(str, enum.Enum):
     """Why a trial's validation loss is (un)stable; the value is the lowercase name."""
 
     STABLE = "stable"
+    NOT_LEARNING = "not_learning"
     OVERFITTING = "overfitting"
     OSCILLATING = "oscillating"
     DIVERGED = "diverged"
     UNDERFITTING = "underfitting"
     UNSTABLE_ACROSS_REPEATS = "unstable_across_repeats"
+    PRUNED = "pruned"
+    """Stopped before its last repeat ended (pruner or racing): set by the objective, not by a rule."""
 
     def __str__(self) -> str:
         return self.value
@@ -110,6 +143,10 @@ class Diagnosis(str, enum.Enum):
 
 HINTS: dict[Diagnosis, str] = {
     Diagnosis.STABLE: "nothing to change",
+    Diagnosis.NOT_LEARNING: (
+        "raise the learning rate, use more units or layers, lower dropout and L2, "
+        "or check that the features carry the target"
+    ),
     Diagnosis.OVERFITTING: (
         "add dropout or L2 regularisation, stop earlier (smaller patience), or use fewer units"
     ),
@@ -120,8 +157,9 @@ HINTS: dict[Diagnosis, str] = {
     ),
     Diagnosis.UNDERFITTING: "train for more epochs, use more units, or raise the learning rate",
     Diagnosis.UNSTABLE_ACROSS_REPEATS: (
-        "use more data per fold, a smaller learning rate, or stronger regularisation"
+        "use a smaller learning rate, a larger batch, or stronger regularisation"
     ),
+    Diagnosis.PRUNED: "no advice: it was not trained to the end",
 }
 """The remedy for each diagnosis; :attr:`Summary.hint` ends with it."""
 
@@ -133,8 +171,9 @@ RULES: tuple[tuple[Diagnosis, str], ...] = (
         f"(for positive losses: `tail_mean > {DIVERGENCE_RISE + 1:g} * first`).",
     ),
     (
-        Diagnosis.UNSTABLE_ACROSS_REPEATS,
-        f"`R >= 2` and `repeat_spread > {SPREAD_TOLERANCE:g} * level`.",
+        Diagnosis.NOT_LEARNING,
+        f"a baseline is known and `tail_mean >= {1 - BASELINE_TOLERANCE:g} * baseline` "
+        f"(the trial ends within {BASELINE_TOLERANCE:.0%} of a model that learned nothing, or above it).",
     ),
     (
         Diagnosis.OSCILLATING,
@@ -144,7 +183,7 @@ RULES: tuple[tuple[Diagnosis, str], ...] = (
     ),
     (
         Diagnosis.OVERFITTING,
-        "`val_rose` (validation loss rose after its minimum and is not still falling, "
+        "`val_rose` (the end of training sits above the lowest loss it had reached and is not still falling, "
         f"while training loss, when given, kept falling or stayed flat: "
         f"`train_slope <= +{SLOPE_TOLERANCE:g}`).",
     ),
@@ -153,6 +192,11 @@ RULES: tuple[tuple[Diagnosis, str], ...] = (
         f"`val_slope < -{SLOPE_TOLERANCE:g}` and, when training curves are given, "
         f"`train_slope < -{SLOPE_TOLERANCE:g}` (both still falling by more than "
         f"{SLOPE_TOLERANCE:.0%} of their level per epoch).",
+    ),
+    (
+        Diagnosis.UNSTABLE_ACROSS_REPEATS,
+        f"`R >= 2`, a per-split reference exists and `repeat_spread > {SPREAD_TOLERANCE:g} * level` "
+        "(the repeats disagree beyond what the splits cause for every configuration).",
     ),
     (Diagnosis.STABLE, "none of the above."),
 )
@@ -165,21 +209,25 @@ class Summary:
 
     Attributes:
         score: ``tail_mean + risk * tail_std``; ``math.inf`` when any loss is non-finite.
-        tail_mean: Mean of the last ``tail`` validation losses of every repeat, pooled.
-        tail_std: Population standard deviation of the same pooled points.
+        tail_mean: Mean over repeats of each repeat's tail mean ``m_r``.
+        tail_std: ``sqrt(mean over repeats of s_r**2)``: the spread within each run's tail.
         best: Lowest validation loss seen in any repeat.
-        degradation: Mean over repeats of (the repeat's tail mean - its minimum); >= 0.
+        degradation: Mean over the tail of (each epoch's loss - the lowest loss up to that
+            epoch), averaged over repeats: how far the end of training sits above the best it
+            had reached; 0.0 for a curve that only fell.
         oscillation: Mean absolute epoch-to-epoch change within the tails, pooled;
             0.0 when every tail has one point.
-        gap: Pooled tail validation mean minus pooled tail training mean; ``None``
-            without training curves.
-        repeat_spread: Population standard deviation of the repeats' tail means;
-            0.0 for one repeat.
+        gap: Tail validation mean minus tail training mean (each averaged over repeats);
+            ``None`` without training curves.
+        repeat_spread: Population standard deviation of ``m_r - ref_r`` over the repeats,
+            against the per-split reference; ``None`` for one repeat or without a reference.
+        baseline: The loss of a model that learned nothing, as given; ``None`` if unknown.
         diagnosis: The first rule of :data:`RULES` that holds.
         hint: One line: what was seen, with numbers, then :data:`HINTS` for the diagnosis.
         n_repeats: Number of repeats.
-        epochs: Length of each repeat's validation curve, sorted ascending so that
-            the order of repeats does not matter.
+        epochs: Length of each repeat's validation curve, in repeat order.
+        repeat_means: Each repeat's tail mean ``m_r``, in repeat order.
+        repeat_stds: Each repeat's tail standard deviation ``s_r``, in repeat order.
     """
 
     score: float
@@ -189,13 +237,16 @@ class Summary:
     degradation: float
     oscillation: float
     gap: float | None
-    repeat_spread: float
+    repeat_spread: float | None
+    baseline: float | None
     diagnosis: Diagnosis
     hint: str
     n_repeats: int
     epochs: tuple[int, ...]
+    repeat_means: tuple[float, ...]
+    repeat_stds: tuple[float, ...]
 
-    def to_attrs(self) -> dict[str, float | int | str | list[int] | None]:
+    def to_attrs(self) -> dict[str, float | int | str | list[int] | list[float] | None]:
         """Plain JSON-safe values (``inf`` stays a float) for an Optuna user attribute."""
         return {
             "score": float(self.score),
@@ -205,12 +256,33 @@ class Summary:
             "degradation": float(self.degradation),
             "oscillation": float(self.oscillation),
             "gap": None if self.gap is None else float(self.gap),
-            "repeat_spread": float(self.repeat_spread),
+            "repeat_spread": None if self.repeat_spread is None else float(self.repeat_spread),
+            "baseline": None if self.baseline is None else float(self.baseline),
             "diagnosis": self.diagnosis.value,
             "hint": self.hint,
             "n_repeats": int(self.n_repeats),
             "epochs": [int(n) for n in self.epochs],
+            "repeat_means": [float(m) for m in self.repeat_means],
+            "repeat_stds": [float(s) for s in self.repeat_stds],
         }
+
+
+def repeat_score(curve: LossCurve, *, tail: int = 5, risk: float = 1.0) -> float:
+    """The score of one repeat's curve so far: ``m + risk * s`` over its last ``tail`` points.
+
+    Equal, bit for bit, to ``summarize([curve], tail=tail, risk=risk).score``;
+    ``math.inf`` when the curve holds a non-finite value or the score overflows.
+    This is what the first repeat reports to the pruner after every epoch.
+    """
+    tail = _check_tail(tail)
+    risk = _check_risk(risk)
+    (v,) = _as_curves([curve], "curve")
+    if not np.isfinite(v).all():
+        return math.inf
+    with np.errstate(all="ignore"):
+        mean, var = _tail_moments(v[-tail:])
+        score = _combine(np.array([mean]), np.array([var]), risk)
+    return score if math.isfinite(score) else math.inf
 
 
 def summarize(
@@ -219,25 +291,33 @@ def summarize(
     *,
     tail: int = 5,
     risk: float = 1.0,
+    baseline: float | None = None,
+    reference: Sequence[float] | None = None,
 ) -> Summary:
     """Score and diagnose one trial from its per-repeat loss curves.
 
     Args:
         val_curves: One validation-loss curve per repeat (lists or 1-D arrays),
-            each at least one epoch long; lengths may differ.
+            each at least one epoch long, in repeat order; lengths may differ.
         train_curves: One training-loss curve per repeat, in the same order, or
             ``None``. A training curve may differ in length from its validation curve.
-        tail: How many final epochs of each curve to pool (fewer if a curve is shorter).
+        tail: How many final epochs of each curve make its tail (fewer if a curve is shorter).
         risk: Weight of ``tail_std`` in the score; finite and >= 0.
+        baseline: The validation loss of a model that learned nothing on these
+            splits (see :data:`RULES`), or ``None``.
+        reference: The per-split reference tail means (:func:`split_reference`),
+            at least one per repeat, or ``None``: without it ``repeat_spread`` is
+            ``None`` and no trial is ``unstable_across_repeats``.
 
     Returns:
-        A :class:`Summary` that does not depend on the order of the repeats and
-        never holds NaN.
+        A :class:`Summary` that never holds NaN. Its score depends only on the
+        set of (split, curve) pairs, not on what other trials saw.
 
     Raises:
         ValueError: No repeats, an empty or non-1-D curve, a non-numeric value,
-            ``train_curves`` with a different number of repeats, ``tail < 1``, or
-            ``risk`` negative or non-finite.
+            ``train_curves`` with a different number of repeats, ``tail < 1``,
+            ``risk`` negative or non-finite, a non-finite ``baseline`` or
+            ``reference``, or a ``reference`` shorter than the repeats.
     """
     tail = _check_tail(tail)
     risk = _check_risk(risk)
@@ -248,7 +328,13 @@ def summarize(
             "The 'train_curves' parameter of summarize must hold one curve per repeat "
             f"({len(vals)}, as val_curves). Got {len(trains)} instead."
         )
-    epochs = tuple(sorted(len(v) for v in vals))
+    if baseline is not None and (isinstance(baseline, bool) or not math.isfinite(float(baseline))):
+        raise ValueError(
+            f"The 'baseline' parameter of summarize must be a finite number or None. Got {baseline!r} instead."
+        )
+    ref = _check_reference(reference, len(vals))
+    epochs = tuple(len(v) for v in vals)
+    base = None if baseline is None else float(baseline)
 
     broken = sum(
         1
@@ -259,27 +345,18 @@ def summarize(
         return _diverged(
             vals,
             trains,
-            epochs,
+            base,
             f"the loss became NaN or infinite in {broken} of {len(vals)} repeat(s)",
         )
 
-    pairs = sorted(
-        zip(vals, trains if trains is not None else [None] * len(vals), strict=True),
-        key=lambda pair: (pair[0].tolist(), [] if pair[1] is None else pair[1].tolist()),
-    )
     with np.errstate(all="ignore"):
-        stats = _Stats.compute(
-            [v for v, _ in pairs],
-            None if trains is None else [u for _, u in pairs if u is not None],
-            tail,
-        )
-    score = stats.tail_mean + risk * stats.tail_std
-    if not (stats.finite() and math.isfinite(score)):
-        return _diverged(vals, trains, epochs, "the loss grew too large to summarise")
+        stats = _Stats.compute(vals, trains, tail, risk, ref)
+    if not (stats.finite() and math.isfinite(stats.score)):
+        return _diverged(vals, trains, base, "the loss grew too large to summarise")
 
-    diagnosis, seen = _diagnose(stats, tail)
+    diagnosis, hint = _diagnose(stats, base, ref, window_words(tail, epochs))
     return Summary(
-        score=score,
+        score=stats.score,
         tail_mean=stats.tail_mean,
         tail_std=stats.tail_std,
         best=stats.best,
@@ -287,23 +364,109 @@ def summarize(
         oscillation=stats.oscillation,
         gap=stats.gap,
         repeat_spread=stats.repeat_spread,
+        baseline=base,
         diagnosis=diagnosis,
-        hint=f"{seen}: {HINTS[diagnosis]}",
+        hint=hint,
         n_repeats=len(vals),
         epochs=epochs,
+        repeat_means=stats.repeat_means,
+        repeat_stds=stats.repeat_stds,
     )
+
+
+def split_reference(repeat_means: Sequence[Sequence[float]], *, n_repeats: int) -> tuple[float, ...] | None:
+    """The per-split reference: for each split, the median tail mean of the study's trials.
+
+    Args:
+        repeat_means: Each trial's :attr:`Summary.repeat_means`. Only trials with
+            at least ``n_repeats`` finite values count.
+        n_repeats: How many splits the reference covers.
+
+    Returns:
+        ``n_repeats`` medians, or ``None`` when fewer than :data:`MIN_REFERENCE_TRIALS`
+        trials count (or ``n_repeats < 2``: one split has no spread to judge).
+    """
+    if n_repeats < 2:
+        return None
+    rows = [
+        [float(m) for m in means[:n_repeats]]
+        for means in repeat_means
+        if len(means) >= n_repeats and all(isinstance(m, int | float) and math.isfinite(m) for m in means[:n_repeats])
+    ]
+    if len(rows) < MIN_REFERENCE_TRIALS:
+        return None
+    return tuple(float(x) for x in np.median(np.array(rows, dtype=np.float64), axis=0))
+
+
+def residual_spread(repeat_means: Sequence[float], reference: Sequence[float] | None) -> float | None:
+    """Population std of ``repeat_means[r] - reference[r]``; ``None`` for one repeat or no reference."""
+    if reference is None or len(repeat_means) < 2 or len(reference) < len(repeat_means):
+        return None
+    residuals = np.array(repeat_means, dtype=np.float64) - np.array(reference[: len(repeat_means)], dtype=np.float64)
+    spread = float(residuals.std())
+    return spread if math.isfinite(spread) else None
+
+
+def judge_spread(
+    *,
+    tail_mean: float,
+    tail_std: float,
+    repeat_means: Sequence[float],
+    reference: Sequence[float] | None,
+    window: str,
+    baseline: float | None = None,
+) -> tuple[Diagnosis, str, float | None]:
+    """The last two rules: unstable across repeats, else stable.
+
+    :func:`summarize` applies them when no earlier rule holds; ``sweep rank``
+    applies them again with the study's final reference to the trials stored
+    as ``stable`` or ``unstable_across_repeats`` (the only labels a reference
+    can change, since this rule comes last).
+
+    Args:
+        window: The tail window in words (:func:`window_words`).
+
+    Returns:
+        The diagnosis, its hint, and the residual spread (``None`` without a reference).
+    """
+    spread = residual_spread(repeat_means, reference)
+    level = max(abs(tail_mean), LEVEL_FLOOR)
+    if spread is not None and spread > SPREAD_TOLERANCE * level:
+        seen = (
+            f"the {len(repeat_means)} repeats disagree beyond what the splits cause for every "
+            f"configuration: their tail means spread ±{spread:.3g} ({spread / level:.0%} of the loss "
+            "level) around the study's per-split medians"
+        )
+        return Diagnosis.UNSTABLE_ACROSS_REPEATS, f"{seen}: {HINTS[Diagnosis.UNSTABLE_ACROSS_REPEATS]}", spread
+    seen = f"validation loss settled at {tail_mean:.3g} ± {tail_std:.2g} over {window}"
+    if baseline is not None and baseline > 0:
+        seen += f", {(baseline - tail_mean) / baseline:.0%} below the baseline {baseline:.3g}"
+    if spread is not None:
+        seen += f"; the repeats lie within ±{spread:.2g} of the study's per-split medians"
+    return Diagnosis.STABLE, f"{seen}: {HINTS[Diagnosis.STABLE]}", spread
+
+
+def window_words(tail: int, epochs: Sequence[int]) -> str:
+    """The tail window as the summary used it, in words: ``the last 5 epochs``."""
+    used = sorted({min(tail, int(e)) for e in epochs}) or [tail]
+    if len(used) == 1:
+        return f"the last {used[0]} epoch{'s' if used[0] != 1 else ''}"
+    return f"the last {used[-1]} epochs ({used[0]} where a repeat was shorter)"
 
 
 @dataclasses.dataclass(frozen=True)
 class _Stats:
     n_repeats: int
+    score: float
     tail_mean: float
     tail_std: float
     best: float
     degradation: float
     oscillation: float
     gap: float | None
-    repeat_spread: float
+    repeat_spread: float | None
+    repeat_means: tuple[float, ...]
+    repeat_stds: tuple[float, ...]
     level: float
     first: float
     jitter: float
@@ -311,41 +474,51 @@ class _Stats:
     train_slope: float | None
 
     @classmethod
-    def compute(cls, vals: list[FloatArray], trains: list[FloatArray] | None, tail: int) -> _Stats:
+    def compute(
+        cls,
+        vals: list[FloatArray],
+        trains: list[FloatArray] | None,
+        tail: int,
+        risk: float,
+        reference: tuple[float, ...] | None,
+    ) -> _Stats:
         tails = [v[-tail:] for v in vals]
-        pooled = np.concatenate(tails)
-        tail_mean = float(pooled.mean())
+        moments = [_tail_moments(t) for t in tails]
+        means = np.array([m for m, _ in moments])
+        variances = np.array([var for _, var in moments])
+        tail_mean = float(means.mean())
         best = float(min(v.min() for v in vals))
-        repeat_means = np.array([t.mean() for t in tails])
-        degradation = float(
-            np.mean([max(0.0, float(m - v.min())) for m, v in zip(repeat_means, vals, strict=True)])
-        )
+        degradation = float(np.mean([_excess(v)[-t.size :].mean() for v, t in zip(vals, tails, strict=True)]))
         n_changes = sum(t.size - 1 for t in tails)
         total_change = float(sum(np.abs(np.diff(t)).sum() for t in tails))
         net_change = float(sum(abs(t[-1] - t[0]) for t in tails))
         oscillation = total_change / n_changes if n_changes else 0.0
         jitter = max(0.0, total_change - net_change) / n_changes if n_changes else 0.0
-        level = max(abs(tail_mean), abs(best), LEVEL_FLOOR)
+        level = max(abs(tail_mean), LEVEL_FLOOR)
 
         gap: float | None = None
         train_slope: float | None = None
         if trains is not None:
             train_tails = [u[-tail:] for u in trains]
-            train_mean = float(np.concatenate(train_tails).mean())
+            train_mean = float(np.mean([t.mean() for t in train_tails]))
             train_best = float(min(u.min() for u in trains))
             gap = tail_mean - train_mean
             train_level = max(abs(train_mean), abs(train_best), LEVEL_FLOOR)
             train_slope = _mean_slope(train_tails) / train_level
 
+        repeat_means = tuple(float(m) for m in means)
         return cls(
             n_repeats=len(vals),
+            score=_combine(means, variances, risk),
             tail_mean=tail_mean,
-            tail_std=float(pooled.std()),
+            tail_std=float(np.sqrt(variances.mean())),
             best=best,
-            degradation=degradation,
+            degradation=max(0.0, degradation),
             oscillation=oscillation,
             gap=gap,
-            repeat_spread=float(repeat_means.std()),
+            repeat_spread=residual_spread(repeat_means, reference),
+            repeat_means=repeat_means,
+            repeat_stds=tuple(float(np.sqrt(v)) for v in variances),
             level=level,
             first=float(np.mean([v[0] for v in vals])),
             jitter=jitter,
@@ -359,67 +532,92 @@ class _Stats:
             self.tail_std,
             self.degradation,
             self.oscillation,
-            self.repeat_spread,
             self.level,
             self.first,
             self.jitter,
             self.val_slope,
+            *self.repeat_means,
         ]
-        if self.gap is not None:
-            values.append(self.gap)
-        if self.train_slope is not None:
-            values.append(self.train_slope)
+        for optional in (self.gap, self.train_slope, self.repeat_spread):
+            if optional is not None:
+                values.append(optional)
         return all(math.isfinite(x) for x in values)
 
 
-def _diagnose(s: _Stats, tail: int) -> tuple[Diagnosis, str]:
-    """Apply :data:`RULES` in order; return the label and what was seen, with numbers."""
+def _tail_moments(tail: FloatArray) -> tuple[float, float]:
+    return float(tail.mean()), float(tail.var())
+
+
+def _combine(means: FloatArray, variances: FloatArray, risk: float) -> float:
+    """``mean(means) + risk * sqrt(mean(variances))``: the one formula of the score."""
+    return float(means.mean()) + risk * float(np.sqrt(variances.mean()))
+
+
+def _excess(curve: FloatArray) -> FloatArray:
+    """Each epoch's loss minus the lowest loss up to that epoch (0 wherever the curve is at a new low)."""
+    return curve - np.minimum.accumulate(curve)
+
+
+def _diagnose(
+    s: _Stats, baseline: float | None, reference: tuple[float, ...] | None, window: str
+) -> tuple[Diagnosis, str]:
+    """Apply :data:`RULES` in order; return the label and its hint (what was seen, then the remedy)."""
+    named = _named_by_training(s, baseline, window)
+    if named is not None:
+        return named[0], f"{named[1]}: {HINTS[named[0]]}"
+    diagnosis, hint, _ = judge_spread(
+        tail_mean=s.tail_mean,
+        tail_std=s.tail_std,
+        repeat_means=s.repeat_means,
+        reference=reference,
+        window=window,
+        baseline=baseline,
+    )
+    return diagnosis, hint
+
+
+def _named_by_training(s: _Stats, baseline: float | None, window: str) -> tuple[Diagnosis, str] | None:
+    """The rules before the spread's: the label and what was seen, or ``None``."""
     first_scale = max(abs(s.first), LEVEL_FLOOR)
     if s.tail_mean - s.first > DIVERGENCE_RISE * first_scale:
         return Diagnosis.DIVERGED, (
             f"validation loss rose from {s.first:.3g} in the first epoch "
-            f"to {s.tail_mean:.3g} at the end of training"
+            f"to {s.tail_mean:.3g} over {window}"
         )
-    if s.n_repeats >= 2 and s.repeat_spread > SPREAD_TOLERANCE * s.level:
-        return Diagnosis.UNSTABLE_ACROSS_REPEATS, (
-            f"the {s.n_repeats} repeats end at different losses: their tail means spread "
-            f"±{s.repeat_spread:.3g} ({s.repeat_spread / s.level:.0%} of the loss level)"
+    if baseline is not None and s.tail_mean >= (1 - BASELINE_TOLERANCE) * baseline:
+        if s.tail_mean >= baseline:
+            where = f"at or above the baseline {baseline:.3g}"
+        else:
+            where = f"only {(baseline - s.tail_mean) / abs(baseline):.0%} below the baseline {baseline:.3g}"
+        return Diagnosis.NOT_LEARNING, (
+            f"validation loss ended at {s.tail_mean:.3g} over {window}, {where} "
+            "(a model that predicts the training-class prior or the training mean)"
         )
     if s.jitter > OSCILLATION_TOLERANCE * s.level:
         return Diagnosis.OSCILLATING, (
-            f"validation loss jumps {s.oscillation:.3g} per epoch at the end of training "
+            f"validation loss jumps {s.oscillation:.3g} per epoch over {window} "
             f"({s.jitter / s.level:.0%} of the loss level beyond any trend)"
         )
     val_rose = s.degradation > DEGRADATION_TOLERANCE * s.level and s.val_slope >= -SLOPE_TOLERANCE
+    rose = (
+        f"validation loss over {window} sits {s.degradation:.3g} ({s.degradation / s.level:.0%}) "
+        "above the lowest it had reached"
+    )
     if val_rose and s.train_slope is not None and s.train_slope > SLOPE_TOLERANCE:
-        return Diagnosis.OSCILLATING, (
-            f"validation loss rose {s.degradation:.3g} ({s.degradation / s.level:.0%}) above "
-            f"its minimum and training loss rose too ({s.train_slope:+.1%} per epoch)"
-        )
+        return Diagnosis.OSCILLATING, f"{rose} and training loss rose too ({s.train_slope:+.1%} per epoch)"
     if val_rose:
-        rose = (
-            f"validation loss rose {s.degradation:.3g} ({s.degradation / s.level:.0%}) "
-            "above its minimum"
-        )
         if s.train_slope is None:
             return Diagnosis.OVERFITTING, rose
         return Diagnosis.OVERFITTING, f"{rose} while training loss kept falling"
-    if s.val_slope < -SLOPE_TOLERANCE and (
-        s.train_slope is None or s.train_slope < -SLOPE_TOLERANCE
-    ):
+    if s.val_slope < -SLOPE_TOLERANCE and (s.train_slope is None or s.train_slope < -SLOPE_TOLERANCE):
         still = f"validation loss is still falling ({s.val_slope:+.1%} per epoch"
         if s.train_slope is not None:
             still += f", training loss {s.train_slope:+.1%}"
-        return Diagnosis.UNDERFITTING, f"{still}) at the end of training"
-    return Diagnosis.STABLE, (
-        f"validation loss settled at {s.tail_mean:.3g} ± {s.tail_std:.2g} "
-        f"over the last {tail} epoch(s)"
-    )
+        return Diagnosis.UNDERFITTING, f"{still}) over {window}"
+    return None
 
 
-def _diverged(
-    vals: list[FloatArray], trains: list[FloatArray] | None, epochs: tuple[int, ...], seen: str
-) -> Summary:
+def _diverged(vals: list[FloatArray], trains: list[FloatArray] | None, baseline: float | None, seen: str) -> Summary:
     finite = [float(v[np.isfinite(v)].min()) for v in vals if np.isfinite(v).any()]
     return Summary(
         score=math.inf,
@@ -429,11 +627,14 @@ def _diverged(
         degradation=math.inf,
         oscillation=math.inf,
         gap=None if trains is None else math.inf,
-        repeat_spread=math.inf,
+        repeat_spread=None,
+        baseline=baseline,
         diagnosis=Diagnosis.DIVERGED,
         hint=f"{seen}: {HINTS[Diagnosis.DIVERGED]}",
         n_repeats=len(vals),
-        epochs=epochs,
+        epochs=tuple(len(v) for v in vals),
+        repeat_means=tuple(math.inf for _ in vals),
+        repeat_stds=tuple(math.inf for _ in vals),
     )
 
 
@@ -450,7 +651,7 @@ def _mean_slope(tails: list[FloatArray]) -> float:
 
 
 def _check_tail(tail: int) -> int:
-    if isinstance(tail, bool) or not isinstance(tail, (int, np.integer)) or tail < 1:
+    if isinstance(tail, bool) or not isinstance(tail, int | np.integer) or tail < 1:
         raise ValueError(
             f"The 'tail' parameter of summarize must be an integer >= 1. Got {tail!r} instead."
         )
@@ -469,8 +670,20 @@ def _check_risk(risk: float) -> float:
     return value
 
 
+def _check_reference(reference: Sequence[float] | None, n_repeats: int) -> tuple[float, ...] | None:
+    if reference is None:
+        return None
+    values = tuple(float(x) for x in reference)
+    if len(values) < n_repeats or not all(math.isfinite(x) for x in values):
+        raise ValueError(
+            "The 'reference' parameter of summarize must hold a finite value for each of the "
+            f"{n_repeats} repeat(s). Got {reference!r} instead."
+        )
+    return values
+
+
 def _as_curves(curves: LossCurves, name: str) -> list[FloatArray]:
-    if isinstance(curves, (str, bytes)):
+    if isinstance(curves, str | bytes):
         raise ValueError(
             f"The '{name}' parameter of summarize must be a sequence of loss curves. "
             f"Got {curves!r} instead."
@@ -494,7 +707,7 @@ def _as_curves(curves: LossCurves, name: str) -> list[FloatArray]:
                 f"The '{name}' parameter of summarize must hold curves of at least one epoch. "
                 f"Got an empty curve for {name}[{r}] instead."
             )
-        # -0.0 + 0.0 is +0.0: the sign of a zero in any field must not depend on the repeat order.
+        # -0.0 + 0.0 is +0.0: a zero's sign must not depend on how the curve was written.
         out.append(array + 0.0)
     if not out:
         raise ValueError(

@@ -361,7 +361,7 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if state == "COMPLETE":
         detail = f"score {attrs.get('score', float('nan')):.4g}, {attrs.get('diagnosis', '?')}"
     elif state == "PRUNED":
-        detail = f"at epoch {attrs.get('pruned_at_epoch', '?')}"
+        detail = str(attrs.get(records.STOPPED) or f"at epoch {attrs.get('pruned_at_epoch', '?')}")
     else:
         detail = str(attrs.get(records.FAIL_REASON, "unknown reason"))
     log.info("trial %d %s: %s%s", trial.number, state.lower(), detail, took)

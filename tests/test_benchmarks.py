@@ -267,3 +267,128 @@ def test_worker_growth_is_read_at_the_ends_of_its_own_trials() -> None:
     assert worker["growth_mb"] == 25.0  # 520 -> 540 -> 545 at the ends of trials 1, 2, 3
     assert worker["peak_growth_mb"] == 80.0  # 600 during trial 3
     assert worker["trials_seen"] == 3 and worker["peak_mb"] == 600.0
+
+
+# --------------------------------------------------------------------------- 7. search quality: the pure parts
+
+
+def test_search_quality_test_block_is_stratified_and_apart_from_development_rows() -> None:
+    import numpy as np
+
+    from benchmarks.search_quality import SPLIT_SEED, dev_test_split
+    from sweep.data import load_dataset
+
+    ds = load_dataset(source="digits")
+    split = dev_test_split(ds, test_fraction=0.2, seed=SPLIT_SEED)
+    assert len(split.valid) == 360 and len(split.train) == 1797 - 360
+    assert np.intersect1d(split.train, split.valid).size == 0
+    assert np.array_equal(np.union1d(split.train, split.valid), np.arange(1797))
+    per_class = np.bincount(ds.y)
+    in_test = np.bincount(ds.y[split.valid], minlength=10)
+    assert np.all(np.abs(in_test - per_class * 360 / 1797) <= 1)  # stratified: floor or ceil of the share
+    again = dev_test_split(ds, test_fraction=0.2, seed=SPLIT_SEED)
+    assert np.array_equal(again.valid, split.valid)  # one split per dataset, in every process
+
+
+def test_search_quality_series_test_block_is_last_and_reads_no_development_target() -> None:
+    import numpy as np
+
+    from benchmarks.search_quality import CASES, dev_test_split, window_gap
+    from sweep.data import load_dataset
+
+    lookback, horizon = 10, 2
+    ds = load_dataset(source="mackey_glass", length=120, lookback=lookback, horizon=horizon)
+    assert ds.X.shape[0] == 109 and ds.time_ordered
+    gap = window_gap(lookback, horizon)
+    assert gap == 11
+    split = dev_test_split(ds, test_fraction=0.2, seed=0, gap=gap)
+    assert np.array_equal(split.valid, np.arange(87, 109))  # the last 22 windows
+    assert np.array_equal(split.train, np.arange(0, 76))  # 11 windows dropped before them
+
+    def target_row(window: int) -> int:
+        return window + lookback - 1 + horizon
+
+    dev_targets = {target_row(int(i)) for i in split.train}
+    test_inputs = {int(i) + step for i in split.valid for step in range(lookback)}
+    assert max(dev_targets) == 86 and min(test_inputs) == 87
+    assert not dev_targets & test_inputs
+    touching = dev_test_split(ds, test_fraction=0.2, seed=0)
+    assert {target_row(int(i)) for i in touching.train} & {int(i) + s for i in touching.valid for s in range(lookback)}
+    series_case = next(c for c in CASES if c.name == "mackey-glass-gru")
+    assert series_case.gap == series_case.data["lookback"] + series_case.data["horizon"] - 1
+    with pytest.raises(ValueError, match="a gap is only for time-ordered data"):
+        dev_test_split(load_dataset(source="breast_cancer"), test_fraction=0.2, seed=0, gap=3)
+
+
+def test_search_quality_sweep_reads_exactly_the_development_rows(tmp_path: Path) -> None:
+    import tomllib
+
+    from benchmarks.search_quality import SIZES, SPLIT_SEED, dev_test_split, make_plans, plan_jobs, subset
+    from sweep.data import fingerprint, load_dataset
+
+    settings = {**SIZES["quick"], "search_seeds": [4, 5]}
+    plans = make_plans(tmp_path, settings)
+    assert [(p.case, p.seed) for p in plans] == [
+        (c, s) for s in (4, 5) for c in ("digits-lstm", "mackey-glass-gru", "breast-cancer-dense", "wine-csv-dense")
+    ]
+    sources = {}
+    for plan in plans[:4]:
+        study = tomllib.loads(Path(plan.study_file).read_text())
+        assert study["study"]["seed"] == plan.seed and study["training"]["repeats"] == settings["repeats"]
+        data = {k: v for k, v in study["data"].items() if k != "validation_fraction"}
+        sources[plan.case] = data["source"]
+        seen_by_sweep = load_dataset(**data)
+        full = load_dataset(**plan.data)
+        split = dev_test_split(full, test_fraction=0.2, seed=SPLIT_SEED, gap=plan.gap)
+        assert fingerprint(seen_by_sweep) == fingerprint(subset(full, split.train))
+        assert seen_by_sweep.time_ordered is (plan.case == "mackey-glass-gru")
+    assert sources == {"digits-lstm": "npz", "mackey-glass-gru": "npz", "breast-cancer-dense": "npz",
+                       "wine-csv-dense": "csv"}  # fmt: skip
+    jobs = {job.key: job for job in plan_jobs(plans)}
+    assert len(jobs) == 40
+    assert jobs["wine-csv-dense/seed5/sweep"].after == ("wine-csv-dense/seed5/kt_hyperband",)
+    assert jobs["digits-lstm/seed4/retrain"].after == tuple(
+        f"digits-lstm/seed4/{t}" for t in ("kt_hyperband", "kt_random", "optuna_tpe", "sweep")
+    )
+
+
+def test_search_quality_spearman_and_tail() -> None:
+    from benchmarks.search_quality import average_ranks, spearman, tail_mean
+
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == 0.8  # 1 - 6 * 4 / (5 * 24)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(3 / math.sqrt(10), rel=1e-12)  # ties share ranks
+    assert spearman([0.5, 0.2, 0.9, 0.4, 0.7, 0.1], [3.0, 1.0, 2.0, 5.0, 4.0, 0.5]) == pytest.approx(17 / 35, rel=1e-12)
+    assert spearman([3, 2, 1], [1, 2, 3]) == -1.0
+    assert spearman([1, 2, math.inf, None, 3], [1, 2, 3, 4, 5]) == 1.0  # pairs without a finite value are left out
+    assert math.isnan(spearman([1, 2], [2, 1]))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert average_ranks([0.3, 0.1, 0.3, math.nan]) == [2.5, 1.0, 2.5, 4.0]
+    assert tail_mean([5.0, 4.0, 3.0, 2.0, 1.0], tail=2, epochs=5) == 1.5
+    assert tail_mean([5.0, 4.0, 3.0], tail=2, epochs=5) == math.inf  # stopped early: it diverged
+    assert tail_mean([5.0, math.nan, 3.0], tail=2, epochs=3) == math.inf
+
+
+def test_search_quality_aggregates_ranks_and_ratios_per_cell() -> None:
+    from benchmarks.search_quality import against_others, summarize_tools
+
+    tools = ("random", "tpe", "sweep")
+    cells = {
+        ("a", 0): {"random": (4.0, 0.0), "tpe": (2.0, 0.2), "sweep": (1.0, 0.1)},
+        ("b", 0): {"random": (10.0, 2.0), "tpe": (10.0, 1.0), "sweep": (30.0, 3.0)},
+        ("c", 0): {"sweep": (1.0, 0.0)},  # a cell without every tool does not count
+    }
+    s = summarize_tools(cells, tools)
+    assert {t: s[t].cells for t in tools} == {"random": 2, "tpe": 2, "sweep": 2}
+    assert {t: s[t].mean_rank for t in tools} == {"random": 2.25, "tpe": 1.75, "sweep": 2.0}
+    assert {t: s[t].mean_relative for t in tools} == {"random": 2.5, "tpe": 1.5, "sweep": 2.0}
+    assert {t: s[t].mean_loss for t in tools} == {"random": 7.0, "tpe": 6.0, "sweep": 15.5}
+    assert {t: s[t].mean_spread for t in tools} == pytest.approx({"random": 1.0, "tpe": 0.6, "sweep": 1.55}, rel=1e-12)
+    assert {t: s[t].mean_relative_spread for t in tools} == pytest.approx(
+        {"random": 0.1, "tpe": 0.15, "sweep": 0.2}, rel=1e-12
+    )
+    assert against_others(s, attribute="mean_relative") == pytest.approx(2.0 / 1.5, rel=1e-12)
+    assert against_others(s, attribute="mean_relative_spread") == pytest.approx(2.0, rel=1e-12)
+    diverged = summarize_tools({("a", 0): {"random": (math.inf, math.inf), "tpe": (2.0, 0.1), "sweep": (1.0, 0.1)}},
+                               tools)  # fmt: skip
+    assert diverged["random"].mean_rank == 3.0 and diverged["random"].mean_relative == math.inf
+    assert against_others(diverged, attribute="mean_relative") == 0.5

@@ -158,9 +158,9 @@ def test_time_ordered_repeats_are_expanding_windows(mackey: Dataset) -> None:
         assert np.array_equal(split.train, np.arange(split.valid[0]))  # everything before its block
         assert len(split.valid) == block
         if position:
-            assert split.valid[0] == splits[position - 1].valid[-1] + 1  # consecutive blocks
-            assert len(split.train) > len(splits[position - 1].train)  # expanding
-    assert splits[-1].valid[-1] == n - 1
+            assert split.valid[-1] + 1 == splits[position - 1].valid[0]  # consecutive blocks, latest first
+            assert len(split.train) < len(splits[position - 1].train)  # expanding, read backwards
+    assert splits[0].valid[-1] == n - 1  # split 0 validates on the last block
 
 
 def test_stratified_splits_keep_every_class(digits: Dataset) -> None:

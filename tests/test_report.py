@@ -186,7 +186,7 @@ def test_rank_cli_formats(tmp_path: Path) -> None:
     assert first.startswith("1,3,COMPLETE,")
     table = run_cli("rank", "ranked", "--storage", url)
     assert table.returncode == 0, table.stderr
-    assert "overfitting" in table.stdout and "#2 overfitting: validation loss rose" in table.stdout
+    assert "overfitting" in table.stdout and "#2 overfitting: validation loss over the last 5 epochs sits" in table.stdout
     bad = run_cli("rank", "ranked", "--storage", url, "--format", "xml")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: --format: got 'xml'; allowed: table, json, csv"
@@ -226,3 +226,29 @@ def test_copy_cli_moves_a_study_and_its_ranking(tmp_path: Path) -> None:
     again = run_cli("copy", "--from", src, "--to", dst)
     assert again.returncode == 2
     assert "already has a study named 'ranked'; nothing was copied" in again.stderr
+
+
+def test_a_split_harder_for_every_trial_makes_none_unstable(tmp_path: Path) -> None:
+    """Repeat 1's split is harder for every configuration: that says nothing about any of them."""
+    url = f"sqlite:///{tmp_path / 'splits.db'}"
+    settle = [1.0, 0.6, 0.45, 0.41, 0.40, 0.40, 0.40, 0.40]
+    train = [[1.0, 0.6, 0.40, 0.39, 0.38, 0.38, 0.38, 0.38]] * 2
+
+    def trial(level: float, harder: float) -> tuple[list[list[float]], list[list[float]]]:
+        return [[x * level for x in settle], [x * level + harder for x in settle]], train
+
+    # Five configurations at different levels, each 0.3 worse on split 1 than on split 0; trial 5
+    # is 0.3 *better* there: its split-to-split spread is its own (residual spread 0.3, or 75%+).
+    cases = [(f"t{i}", trial(level, 0.3), TrialState.COMPLETE) for i, level in enumerate((1.0, 0.9, 1.1, 0.95, 1.05))]
+    cases.append(("odd", trial(1.0, -0.3), TrialState.COMPLETE))
+    make_study(url, tmp_path, cases, name="splits")
+    ranked = {r.number: r for r in rank("splits", url=url)}
+    assert {n: r.diagnosis for n, r in ranked.items()} == {
+        0: "stable", 1: "stable", 2: "stable", 3: "stable", 4: "stable", 5: "unstable_across_repeats",
+    }
+    assert "per-split medians" in (ranked[5].hint or "")
+    # residuals against the per-split medians (about 0.40 on split 0, 0.69 on split 1)
+    assert ranked[0].repeat_spread == pytest.approx(0.005, abs=1e-4)
+    assert ranked[5].repeat_spread == pytest.approx(0.295, abs=1e-3)
+    # the score holds no split-to-split spread: trial 5's score is trial 0's lowered by the mean shift
+    assert ranked[5].score == pytest.approx(ranked[0].score - 0.3, rel=1e-9)

@@ -1,0 +1,139 @@
+"""One trial end to end: real training on digits, racing of repeats, pruned values, stored records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from sweep import records
+from sweep.data import load_dataset
+from sweep.objective import Objective, race
+from sweep.report import rank
+from sweep.runner import prepare_study
+from sweep.space import distributions
+from sweep.spec import StudySpec, load_spec
+from sweep.stability import repeat_score
+from tests.conftest import write_study
+
+GOOD = {
+    "n_layers": 1,
+    "units": 12,
+    "activation": "tanh",
+    "learning_rate": 0.03,
+    "optimizer": "adam",
+    "batch_size": 64,
+    "dropout": 0.0,
+    "l2": 1e-6,
+}
+"""Learns digits within 3 epochs (validation loss well under 1)."""
+HOPELESS = {**GOOD, "learning_rate": 0.001, "optimizer": "sgd", "units": 4, "batch_size": 128}
+"""Plain SGD at lr 0.001 for 3 epochs: stays near ln(10) = 2.30, the class-prior baseline."""
+
+
+def _study(
+    tmp_path: Path, extra: str, *, pruner: optuna.pruners.BasePruner | None = None, overrides: tuple[str, ...] = ()
+) -> tuple[optuna.Study, StudySpec]:
+    spec = load_spec(write_study(tmp_path, name="obj", epochs=3, extra=extra), overrides=list(overrides))
+    url = f"sqlite:///{tmp_path / 'obj.db'}"
+    prepare_study(spec, url=url)
+    return optuna.load_study(study_name="obj", storage=url, pruner=pruner or optuna.pruners.NopPruner()), spec
+
+
+def _finished(study: optuna.Study, spec: StudySpec, repeat0_scores: list[float], *, steps: int = 3) -> None:
+    """Finished trials whose repeat 0 scored as given (tail std 0), intermediate values flat at that score."""
+    dists = distributions(spec.search, family=spec.model.family)
+    for score in repeat0_scores:
+        study.add_trial(create_trial(
+            state=TrialState.COMPLETE,
+            value=score,
+            params={**GOOD, "layer_norm": False},
+            distributions=dists,
+            user_attrs={"repeat_means": [score, score], "repeat_stds": [0.0, 0.0]},
+            intermediate_values={step: score for step in range(steps)},
+        ))  # fmt: skip
+
+
+def _run(study: optuna.Study, spec: StudySpec, params: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    study.enqueue_trial({**params, "layer_norm": False})
+    objective = Objective(spec, load_dataset(source="digits"))
+    study.optimize(objective, n_trials=1)
+    return study.trials[-1]
+
+
+@pytest.mark.slow
+def test_racing_stops_a_hopeless_configuration_after_one_repeat_and_keeps_a_contender(tmp_path: Path) -> None:
+    study, spec = _study(tmp_path, "\n[racing]\nn_startup_trials = 2\nkeep = 0.5\n")
+    _finished(study, spec, [1.9, 2.0, 2.05, 2.1])
+
+    good = _run(study, spec, GOOD)
+    assert good.state is TrialState.COMPLETE
+    assert good.user_attrs["n_repeats"] == 2 and len(good.user_attrs["epochs"]) == 2
+    assert good.user_attrs[records.STOPPED] == "all 2 repeats ran"
+    assert good.value == good.user_attrs["score"]
+
+    hopeless = _run(study, spec, HOPELESS)
+    assert hopeless.state is TrialState.PRUNED
+    attrs = hopeless.user_attrs
+    assert attrs[records.RACED_OUT] is True
+    assert attrs["n_repeats"] == 1 and len(attrs["curves"]["val_loss"]) == 1
+    assert attrs[records.STOPPED].startswith("raced out after repeat 0 of 2: its repeat-0 score")
+    assert attrs["diagnosis"] == "pruned" and "not trained to the end" in attrs["hint"]
+    # one number: Optuna's value (its last report), the stored score and the ranked score
+    assert hopeless.value == attrs["score"]
+    ranked = {r.number: r for r in rank("obj", url=f"sqlite:///{tmp_path / 'obj.db'}", include_all=True)}
+    assert ranked[hopeless.number].score == hopeless.value
+    assert ranked[hopeless.number].state == "PRUNED"
+    assert min(r.rank for r in ranked.values() if r.state == "PRUNED") > max(
+        r.rank for r in ranked.values() if r.state == "COMPLETE"
+    )
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_reports_its_running_score_and_gets_no_training_advice(tmp_path: Path) -> None:
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    study, spec = _study(tmp_path, "\n[racing]\nenabled = false\n", pruner=pruner, overrides=('pruner.name="median"',))
+    _finished(study, spec, [0.05, 0.05, 0.05])  # far better than 2 epochs of anything
+
+    trial = _run(study, spec, GOOD)
+    assert trial.state is TrialState.PRUNED
+    val = trial.user_attrs["curves"]["val_loss"][0]
+    assert len(val) == 2  # pruned at the first epoch after the warm-up
+    reported = [trial.intermediate_values[i] for i in sorted(trial.intermediate_values)]
+    assert reported == pytest.approx([repeat_score(val[: i + 1], tail=5) for i in range(len(val))], rel=1e-5)
+    assert trial.value == trial.user_attrs["score"] == reported[-1]
+    assert trial.user_attrs["diagnosis"] == "pruned"
+    assert trial.user_attrs[records.STOPPED] == "pruned at epoch 2 of repeat 0 by the median pruner"
+    assert "more epochs" not in trial.user_attrs["hint"]
+
+
+def test_race_rule_cuts_at_the_keep_fraction(tmp_path: Path) -> None:
+    study, spec = _study(tmp_path, "\n[racing]\nn_startup_trials = 3\nkeep = 0.25\n")
+    _finished(study, spec, [1.0, 2.0])
+    trial = study.ask()
+    assert race(trial, 9.0, spec) == ""  # two finished trials: still starting up
+    _finished(study, spec, [3.0, 4.0, 5.0, 6.0, 7.0])
+    # pool of 8 with the trial itself: the best 25% are the 2 lowest
+    assert race(trial, 1.5, spec) == ""
+    assert race(trial, 2.0, spec) == ""
+    verdict = race(trial, 2.5, spec)
+    assert verdict == (
+        "raced out after repeat 0 of 2: its repeat-0 score 2.5 is not among the best 25% "
+        "of 8 repeat-0 scores (cut 2)"
+    )
+
+
+def test_race_ignores_trials_pruned_inside_repeat_0(tmp_path: Path) -> None:
+    study, spec = _study(tmp_path, "\n[racing]\nn_startup_trials = 1\nkeep = 0.5\n")
+    dists = distributions(spec.search, family=spec.model.family)
+    study.add_trial(create_trial(
+        state=TrialState.PRUNED, params={**GOOD, "layer_norm": False}, distributions=dists,
+        user_attrs={"repeat_means": [0.01], "repeat_stds": [0.0]}, intermediate_values={0: 0.01},
+    ))  # fmt: skip
+    trial = study.ask()
+    assert race(trial, 5.0, spec) == ""  # a half-trained repeat 0 is no yardstick: still starting up
+    _finished(study, spec, [1.0])
+    assert race(trial, 5.0, spec).startswith("raced out")
