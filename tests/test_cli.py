@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sweep.stability import repeat_score
 from tests.conftest import ROOT, run_cli, write_study
 
 EIGHT = {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size", "dropout", "l2"}
@@ -62,11 +63,13 @@ def test_demo_sweep_runs_resumes_ranks_and_retrains(tmp_path: Path) -> None:
         assert len(curves["loss"]) == len(curves["val_loss"])
         if t["state"] == "COMPLETE":
             assert len(curves["val_loss"]) == 2  # two repeats in the demo
+            # repeat 0 reports its running stability score after every epoch
             reported = [t["intermediate"][str(i)] for i in range(len(t["intermediate"]))]
-            assert reported == pytest.approx(curves["val_loss"][0], rel=1e-5)
+            val0 = curves["val_loss"][0]
+            assert reported == pytest.approx([repeat_score(val0[: i + 1]) for i in range(len(val0))], rel=1e-5)
             assert isinstance(t["attrs"]["score"], float)
-            assert t["attrs"]["diagnosis"] in {"stable", "overfitting", "oscillating", "underfitting",
-                                               "unstable_across_repeats"}
+            assert t["attrs"]["diagnosis"] in {"stable", "not_learning", "overfitting", "oscillating",
+                                               "underfitting", "unstable_across_repeats"}
 
     listed = subprocess.run(
         [str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "digits-lstm", "--storage", url, "-f", "json"],

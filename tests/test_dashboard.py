@@ -71,14 +71,14 @@ def spec(tmp_path: Path) -> StudySpec:
     )
 
 
-def _outcome(curves: list[Curves], spec: StudySpec) -> TrialOutcome:
+def _outcome(curves: list[Curves], spec: StudySpec, *, stopped: str = "", raced_out: bool = False) -> TrialOutcome:
     summary = summarize(
         [c.val_loss for c in curves],
         [c.loss for c in curves],
         tail=spec.stability.tail,
         risk=spec.stability.risk,
     )
-    return TrialOutcome(curves=tuple(curves), summary=summary)
+    return TrialOutcome(curves=tuple(curves), summary=summary, stopped=stopped, raced_out=raced_out)
 
 
 def _overfitting(spec: StudySpec) -> TrialOutcome:
@@ -94,7 +94,21 @@ def _overfitting(spec: StudySpec) -> TrialOutcome:
 
 
 def _pruned(spec: StudySpec) -> TrialOutcome:
-    return _outcome([Curves(loss=(2.3, 2.2), val_loss=(2.31, 2.25), stop=Stop.PRUNED, seconds=0.5)], spec)
+    return _outcome(
+        [Curves(loss=(2.3, 2.2), val_loss=(2.31, 2.25), stop=Stop.PRUNED, seconds=0.5)],
+        spec,
+        stopped="pruned at epoch 2 of repeat 0 by the median pruner",
+    )
+
+
+def _raced_out(spec: StudySpec) -> TrialOutcome:
+    return _outcome(
+        [Curves(loss=(2.3, 2.2, 2.1), val_loss=(2.31, 2.25, 2.2), stop=Stop.COMPLETED, seconds=0.5)],
+        spec,
+        stopped="raced out after repeat 0 of 2: its repeat-0 score 2.3 is not among the best 25% of 8 "
+        "repeat-0 scores (cut 1.1)",
+        raced_out=True,
+    )
 
 
 def _diverged(spec: StudySpec) -> TrialOutcome:
@@ -163,21 +177,30 @@ def test_trial_note_of_a_complete_trial_gives_diagnosis_hint_and_score_with_its_
         f"**Score {_f(s.score)}** = tail_mean {_f(s.tail_mean)} + 2 × tail_std {_f(s.tail_std)} "
         "(last 3 epochs of each repeat)"
     ) in note
-    for name in ("best", "degradation", "oscillation", "gap", "repeat_spread"):
+    for name in ("best", "degradation", "oscillation", "gap"):
         assert f"| {name} | {_f(getattr(s, name))} |" in note, name
+    assert "| repeat_spread | - |" in note  # not judged without the study's per-split reference
     assert "Repeats: 6 epochs (early_stopped), 6 epochs (early_stopped); 2.8 s of training." in note
 
 
 def test_trial_note_of_a_pruned_trial_says_where_and_why(spec: StudySpec) -> None:
     note = trial_note(5, _pruned(spec), spec)
 
-    assert note.startswith("### Trial 5: pruned at epoch 2 of repeat 0\n")
+    assert note.startswith("### Trial 5: pruned after 1 of 2 repeat(s)\n")
     assert (
-        "The median pruner stopped it: its validation loss at epoch 2 (2.25) was worse than the other "
-        "trials' at that epoch, so its other 1 repeat(s) were not trained."
+        "The median pruner stopped it at epoch 2 of repeat 0: its running score was worse than the other "
+        "trials' at that epoch."
     ) in note
-    assert "Pruned trials are never ranked above complete ones." in note
+    assert "pruned trials are never ranked above complete ones, and get no training advice." in note
     assert "Repeats: 2 epochs (pruned); 0.5 s of training." in note
+
+
+def test_trial_note_of_a_raced_out_trial_says_why(spec: StudySpec) -> None:
+    note = trial_note(7, _raced_out(spec), spec)
+
+    assert note.startswith("### Trial 7: pruned after 1 of 2 repeat(s)\n")
+    assert "Racing stopped it after repeat 0: raced out after repeat 0 of 2: its repeat-0 score 2.3" in note
+    assert "Its value is its repeat-0 score" in note
 
 
 def test_trial_note_of_a_diverged_trial_gives_the_hint_and_an_infinite_score(spec: StudySpec) -> None:
