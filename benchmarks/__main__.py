@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Result] = {}
     kept: dict[str, Result] = {}
     if args.update:
-        meta, kept = _previous(args.out, meta)
+        untimed_only = all(getattr(importlib.import_module(BENCHMARKS[n]), "UNTIMED", False) for n in names)
+        meta, kept = previous_results(args.out, meta, same_machine=not untimed_only)
     order = list(BENCHMARKS)
     started = time.perf_counter()
 
@@ -130,12 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.error for r in ordered) else 0
 
 
-def _previous(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Result]]:
-    """The meta and results of the file that ``--update`` amends; refuses one that does not match."""
+def previous_results(
+    path: Path, meta: dict[str, Any], *, same_machine: bool = True
+) -> tuple[dict[str, Any], dict[str, Result]]:
+    """The meta and results of the file that ``--update`` amends; refuses one that does not match.
+
+    Benchmarks that measure no time (losses, memory growth) may be re-run on
+    another machine of the same size with the same versions: ``same_machine``
+    is False for them, and only the processor model may then differ.
+    """
     if not path.exists():
         raise SystemExit(f"error: --update: {path} does not exist; run the suite without --update first")
     old, results = read_results(path)
     then, now = _kind(old), _kind(meta)
+    if not same_machine:
+        then, now = then[:1] + then[2:], now[:1] + now[2:]
     if then != now:
         raise SystemExit(f"error: --update: {path} holds a run of {then}; this is a run of {now}: run the whole suite")
     old["only"] = [n for n in BENCHMARKS if n in set(old.get("only", [])) | set(meta["only"])]
@@ -165,6 +175,7 @@ def _run_one(name: str, module: ModuleType, ctx: Context) -> Result:
         result.raw["traceback"] = traceback.format_exc()
     result.seconds = time.perf_counter() - t0
     result.date = date
+    result.raw.setdefault("cpu", machine_info()["machine"].get("cpu"))
     ctx.log(f"{name}: done in {result.seconds:.0f} s" + (f" (error: {result.error})" if result.error else ""))
     return result
 

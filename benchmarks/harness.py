@@ -318,7 +318,12 @@ def _updated_lines(results: Sequence[Result], meta: Mapping[str, Any]) -> list[s
     later = [r for r in results if r.date and r.date != first]
     if not later:
         return []
-    return ["Run again later with `--update`, on the same machine: " + "; ".join(f"{r.title} ({r.date})" for r in later) + "."]
+    return [
+        "Run again later with `--update`, with the same versions on a machine of the same size (the same "
+        "processor for benchmarks that time something; each result's `raw.cpu` names its own): "
+        + "; ".join(f"{r.title} ({r.date})" for r in later)
+        + "."
+    ]
 
 
 def _machine_line(machine: Mapping[str, Any]) -> str:

@@ -13,30 +13,33 @@ and the ``lookback + horizon - 1`` windows before it are dropped so that no
 test window reads a value that a development window predicts. Every tool
 searches the development part only, its own way:
 
-- Keras Tuner ``Hyperband`` (objective ``val_loss``) on a holdout of the
-  development part (``make_splits(dev, n_splits=1)``); the epochs it trains set
-  the budget B of the others,
-- Keras Tuner ``RandomSearch`` and Optuna TPE on the same holdout, each picking
+- Keras Tuner ``Hyperband`` (objective ``val_loss``) and ``RandomSearch``, and
+  Optuna TPE, on one holdout of the development part
+  (``make_splits(dev, n_splits=1)``), each picking the configuration with
   the lowest validation loss seen,
 - ``sweep run`` on the development part written to a file (NPZ, or the CSV's
   own rows), with its repeats, pruner and racing, picking ``rank()``'s first
-  complete trial; resumed with a larger ``--n-trials`` while a full trial
-  (``max_epochs * repeats``) still fits in B.
+  complete trial.
 
-Every tool starts a trial only while its epochs so far plus one full trial
-stay within B; epochs are counted as trained (early stopping, pruning and
-racing spend less). Each pick is then retrained on the whole development part
-with fresh seeds (no search used them), evaluated on the test block every
-epoch with ``patience=0`` (the test block never steers training), and scored
-by the mean of its last ``tail`` epochs of test loss. Every complete trial of
-each sweep study is retrained the same way with the first ``spearman_seeds``
-fresh seeds, to see whether sweep's score orders configurations as their test
-loss does (Spearman), beside the lowest validation loss seen (``best``).
+Every tool gets the same budget of B training epochs per (dataset, search
+seed), counted as trained (early stopping, pruning and racing spend less),
+and starts a trial only while its epochs so far plus that trial's stay within
+B: ``max_epochs`` for RandomSearch and TPE, the epochs Hyperband assigns (only
+the new ones when it continues a trial), ``max_epochs * repeats`` for sweep,
+whose ``sweep run`` is resumed with a larger ``--n-trials`` while that holds.
+Each pick is then retrained on the whole development part with fresh seeds
+(no search used them), evaluated on the test block every epoch with
+``patience=0`` (the test block never steers training), and scored by the mean
+of its last ``tail`` epochs of test loss. Every complete trial of each sweep
+study is retrained the same way with the first ``spearman_seeds`` fresh seeds,
+to see whether sweep's score orders configurations as their test loss does
+(Spearman), beside the lowest validation loss seen (``best``).
 
 Losses differ in scale between datasets, so tools are also compared per
 (dataset, search seed) by rank and by their test loss relative to the best
-tool's (:func:`summarize_tools`). Nothing is timed: two jobs (searches or
-retrainings, one thread each) run side by side.
+tool's (:func:`summarize_tools`). Nothing is timed: two jobs (the peers'
+searches, sweep's, or a retraining; one thread each) run side by side. The
+sizes are in :data:`SIZES`.
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ LABELS = {
     "sweep": "sweep",
 }
 SHORT = {"kt_hyperband": "Hyperband", "kt_random": "Random", "optuna_tpe": "TPE", "sweep": "sweep"}
-STAGES = ("kt_hyperband", "kt_random", "optuna_tpe", "sweep", "retrain")
-"""The jobs of one (dataset, search seed), in the order they may start; the first sets the budget."""
+STAGES = ("peers", "sweep", "retrain")
+"""The jobs of one (dataset, search seed): the peers' searches and sweep's side by side, then the retraining."""
 
 GOAL_LOSS = Goal("<=", 1.0, "<= 1 (lowest)")
 GOAL_SPREAD = Goal("<=", 1.0, "<= 1 (lowest)")
@@ -105,6 +108,8 @@ FRESH_SEED = 10_000
 STUDY = "quality"
 SLOTS = 2
 """Jobs running at once, one thread each."""
+JOB_TIMEOUT = 2 * 3600
+"""Seconds after which a job is stopped and counted as failed."""
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
@@ -113,12 +118,12 @@ SIZES: dict[str, dict[str, Any]] = {
         "patience": 3,
         "repeats": 3,  # sweep's training.repeats
         "tail": 5,
-        "hyperband_iterations": 1,  # with max_epochs 10 and factor 3: at most 120 epochs, the budget B
-        "hyperband_factor": 3,
+        "budget": {"digits-lstm": 150, "mackey-glass-gru": 150, "breast-cancer-dense": 150, "wine-csv-dense": 150},
+        "hyperband_factor": 3,  # with max_epochs 10: about 120 epochs an iteration
         "fresh_seeds": 5,
         "spearman_seeds": 2,
         "tpe_startup": 5,
-        "sampler_startup": 4,  # sweep's sampler
+        "sampler_startup": 3,  # sweep's sampler
         "pruner_startup": 3,
         "pruner_warmup": 4,
         "max_runs": 6,  # `sweep run` calls per search at most (the first and its resumptions)
@@ -130,8 +135,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "patience": 0,
         "repeats": 2,
         "tail": 2,
-        "hyperband_iterations": 1,  # with max_epochs 3 and factor 3: 11 epochs
-        "hyperband_factor": 3,
+        "budget": {"digits-lstm": 12, "mackey-glass-gru": 12, "breast-cancer-dense": 12, "wine-csv-dense": 12},
+        "hyperband_factor": 3,  # with max_epochs 3: 11 epochs an iteration
         "fresh_seeds": 2,
         "spearman_seeds": 1,
         "tpe_startup": 2,
@@ -142,7 +147,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "test_fraction": 0.2,
     },
 }
-"""Every size of the benchmark, per mode; change them here."""
+"""Every size of the benchmark, per mode; change them here.
+
+``budget`` is B, the epochs each tool may train per (dataset, search seed):
+a tool starts a trial only while its epochs so far plus that trial's stay
+within B (a full trial is ``max_epochs``, ``max_epochs * repeats`` for sweep;
+a Hyperband trial that continues another needs only its new epochs).
+"""
 
 
 @dataclass(frozen=True)
@@ -453,6 +464,7 @@ class Plan:
     validation_fraction: float
     gap: int
     seed: int
+    budget: int
     settings: dict[str, Any]
     folder: str
     study_file: str
@@ -495,8 +507,8 @@ def make_plans(folder: Path, settings: Mapping[str, Any], cases: Sequence[Case] 
         case_folder = Path(folder) / case.name
         case_folder.mkdir(parents=True, exist_ok=True)
         data = dict(case.data)
-        if case.data.get("source") == "csv":
-            data["path"] = str(write_wine_csv(case_folder / str(case.data["path"])))
+        if case.data.get("path") == WINE_CSV:
+            data["path"] = str(write_wine_csv(case_folder / WINE_CSV))
             case = replace(case, data=data)
         ds = load_dataset(**data)
         split = dev_test_split(ds, test_fraction=settings["test_fraction"], seed=SPLIT_SEED, gap=case.gap)
@@ -509,7 +521,8 @@ def make_plans(folder: Path, settings: Mapping[str, Any], cases: Sequence[Case] 
             plan = Plan(
                 case=case.name, family=case.family, data=data, search=dict(case.search),
                 validation_fraction=case.validation_fraction, gap=case.gap, seed=int(seed),
-                settings=dict(settings), folder=str(seed_folder), study_file="",
+                budget=int(settings["budget"][case.name]), settings=dict(settings), folder=str(seed_folder),
+                study_file="",
             )  # fmt: skip
             study_file = write_study(seed_folder, study_sections(plan, dev_data))
             plan = replace(plan, study_file=str(study_file))
@@ -623,56 +636,68 @@ def _best_hp(tuner: Any) -> dict[str, Any]:
     return Hyperparams.from_params(values).as_dict()
 
 
-def _budget(plan: Plan) -> int:
-    return int(plan.result("kt_hyperband")["epochs"])
+def _within_budget(oracle: Any, *, budget: int, epochs: int) -> None:
+    """Make ``oracle`` stop when its next trial's epochs would take this process past ``budget``.
+
+    A Hyperband trial that continues an earlier one needs only its new epochs;
+    any other trial may need all ``epochs``.
+    """
+    populate = oracle.populate_space
+
+    def populate_within_budget(trial_id: str) -> dict[str, Any]:
+        response = populate(trial_id)
+        if response.get("status") == "RUNNING":
+            values = response.get("values") or {}
+            need = int(values.get("tuner/epochs", epochs)) - int(values.get("tuner/initial_epoch", 0))
+            if _EPOCHS_SEEN[0] + need > budget:
+                return {"status": "STOPPED"}
+        return dict(response)
+
+    oracle.populate_space = populate_within_budget
 
 
-def search_hyperband(plan: Plan) -> dict[str, Any]:
+def search_hyperband(plan: Plan, env: _Env) -> dict[str, Any]:
+    import keras
     import keras_tuner as kt
 
-    env = _setup(plan)
     s = plan.settings
+    keras.utils.set_random_seed(plan.seed)
     tuner = kt.Hyperband(
         _hypermodel(env, plan.family), objective="val_loss", max_epochs=s["max_epochs"], factor=s["hyperband_factor"],
-        hyperband_iterations=s["hyperband_iterations"], seed=plan.seed, directory=plan.folder,
-        project_name="kt_hyperband", overwrite=True,
-    )  # fmt: skip
+        hyperband_iterations=plan.budget, seed=plan.seed, directory=plan.folder, project_name="kt_hyperband",
+        overwrite=True,
+    )  # fmt: skip; as many iterations as the budget allows: it stops the search
+    _within_budget(tuner.oracle, budget=plan.budget, epochs=s["max_epochs"])
     _EPOCHS_SEEN[0] = 0
     tuner.search(**_fit_kwargs(env, epochs=s["max_epochs"], patience=s["patience"]))
     return {"params": _best_hp(tuner), "epochs": _EPOCHS_SEEN[0], "trials": len(tuner.oracle.trials)}
 
 
-def search_random(plan: Plan) -> dict[str, Any]:
+def search_random(plan: Plan, env: _Env) -> dict[str, Any]:
+    import keras
     import keras_tuner as kt
 
-    env = _setup(plan)
     s = plan.settings
-    budget, epochs = _budget(plan), s["max_epochs"]
+    keras.utils.set_random_seed(plan.seed)
     tuner = kt.RandomSearch(
-        _hypermodel(env, plan.family), objective="val_loss", max_trials=1, seed=plan.seed,
+        _hypermodel(env, plan.family), objective="val_loss", max_trials=plan.budget, seed=plan.seed,
         directory=plan.folder, project_name="kt_random", overwrite=True,
     )  # fmt: skip
+    _within_budget(tuner.oracle, budget=plan.budget, epochs=s["max_epochs"])
     _EPOCHS_SEEN[0] = 0
-    while _EPOCHS_SEEN[0] + epochs <= budget:
-        before = len(tuner.oracle.trials)
-        tuner.oracle.max_trials = before + 1
-        tuner.search(**_fit_kwargs(env, epochs=epochs, patience=s["patience"]))
-        if len(tuner.oracle.trials) == before:  # the space is exhausted
-            break
-    return {"params": _best_hp(tuner), "epochs": _EPOCHS_SEEN[0], "trials": len(tuner.oracle.trials),
-            "budget": budget}  # fmt: skip
+    tuner.search(**_fit_kwargs(env, epochs=s["max_epochs"], patience=s["patience"]))
+    return {"params": _best_hp(tuner), "epochs": _EPOCHS_SEEN[0], "trials": len(tuner.oracle.trials)}
 
 
-def search_tpe(plan: Plan) -> dict[str, Any]:
+def search_tpe(plan: Plan, env: _Env) -> dict[str, Any]:
     import optuna
 
     from benchmarks.plain_loop import suggest_all
     from sweep.space import Hyperparams
     from sweep.train import fit_repeat, release
 
-    env = _setup(plan)
     s = plan.settings
-    budget, epochs = _budget(plan), s["max_epochs"]
+    budget, epochs = plan.budget, s["max_epochs"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=s["tpe_startup"]))
     used = 0
@@ -698,9 +723,19 @@ def search_tpe(plan: Plan) -> dict[str, Any]:
     done = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
     if not done:
         raise BenchmarkError("Optuna TPE completed no trial")
-    best = min(done, key=lambda t: t.value)
-    return {"params": Hyperparams.from_params(best.params).as_dict(), "epochs": used, "trials": len(study.trials),
-            "budget": budget}  # fmt: skip
+    best = min(done, key=lambda t: float(t.value))
+    return {"params": Hyperparams.from_params(best.params).as_dict(), "epochs": used, "trials": len(study.trials)}
+
+
+def search_peers(plan: Plan) -> dict[str, Any]:
+    """Keras Tuner Hyperband and RandomSearch, then Optuna TPE, one after another in this process."""
+    env = _setup(plan)
+    out = {}
+    for tool, search in (("kt_hyperband", search_hyperband), ("kt_random", search_random),
+                         ("optuna_tpe", search_tpe)):  # fmt: skip
+        start = time.perf_counter()
+        out[tool] = {**search(plan, env), "seconds": round(time.perf_counter() - start, 1)}
+    return out
 
 
 def search_sweep(plan: Plan) -> dict[str, Any]:
@@ -708,7 +743,7 @@ def search_sweep(plan: Plan) -> dict[str, Any]:
     from sweep.report import rank
 
     s = plan.settings
-    budget = _budget(plan)
+    budget = plan.budget
     per_trial = s["max_epochs"] * s["repeats"]
     url = sqlite_url(Path(plan.folder) / f"{STUDY}.db")
     target = max(1, budget // per_trial)
@@ -731,10 +766,12 @@ def search_sweep(plan: Plan) -> dict[str, Any]:
         states[r.state] = states.get(r.state, 0) + 1
     pick = complete[0]
     return {
-        "params": dict(pick.params), "epochs": used, "trials": len(rows), "budget": budget, "runs": runs,
+        "params": dict(pick.params), "epochs": used, "trials": len(rows), "runs": runs,
         "states": states, "picked_trial": pick.number, "score": pick.score,
         "complete": [{"number": r.number, "score": r.score, "best": r.best, "tail_mean": r.tail_mean,
-                      "params": dict(r.params)} for r in complete],
+                      "tail_std": r.tail_std, "diagnosis": r.diagnosis, "params": dict(r.params)} for r in complete],
+        "all": [{"number": r.number, "state": r.state, "n_repeats": r.n_repeats, "stopped": r.stopped,
+                 "diagnosis": r.diagnosis} for r in rows],
     }  # fmt: skip
 
 
@@ -765,22 +802,23 @@ def retrain(plan: Plan) -> dict[str, Any]:
             cache[key] = list(curves.val_loss)
         return cache[key]
 
+    picks = {**{tool: found["params"] for tool, found in plan.result("peers").items()},
+             "sweep": plan.result("sweep")["params"]}  # fmt: skip
     tools: dict[str, Any] = {}
     for tool in TOOLS:
-        curves = [test_curve(plan.result(tool)["params"], seed) for seed in seeds]
+        curves = [test_curve(picks[tool], seed) for seed in seeds]
         tools[tool] = {"tails": [tail_mean(c, tail=tail, epochs=epochs) for c in curves], "curves": curves}
     trials = []
     for trial in plan.result("sweep")["complete"]:
         curves = [test_curve(trial["params"], seed) for seed in seeds[: s["spearman_seeds"]]]
         tails = [tail_mean(c, tail=tail, epochs=epochs) for c in curves]
-        trials.append({"number": trial["number"], "score": trial["score"], "best": trial["best"], "tails": tails})
+        trials.append({"number": trial["number"], "score": trial["score"], "best": trial["best"],
+                       "tail_mean": trial.get("tail_mean"), "tail_std": trial.get("tail_std"), "tails": tails})
     return {"seeds": seeds, "tools": tools, "trials": trials, "epochs": len(cache) * epochs, "fits": len(cache)}
 
 
 JOBS: dict[str, Callable[[Plan], dict[str, Any]]] = {
-    "kt_hyperband": search_hyperband,
-    "kt_random": search_random,
-    "optuna_tpe": search_tpe,
+    "peers": search_peers,
     "sweep": search_sweep,
     "retrain": retrain,
 }
@@ -816,14 +854,11 @@ class Job:
 
 
 def plan_jobs(plans: Sequence[Plan]) -> list[Job]:
-    """Every plan's jobs in start order: the budget first, then the four searches' peers, then the retraining."""
+    """Every plan's jobs in start order: the peers' searches and sweep's, then the retraining of their picks."""
     jobs = []
     for plan in plans:
         first = f"{plan.case}/seed{plan.seed}/"
-        jobs.append(Job(plan, "kt_hyperband"))
-        for what in ("kt_random", "optuna_tpe", "sweep"):
-            jobs.append(Job(plan, what, after=(first + "kt_hyperband",)))
-        jobs.append(Job(plan, "retrain", after=tuple(first + t for t in TOOLS)))
+        jobs += [Job(plan, "peers"), Job(plan, "sweep"), Job(plan, "retrain", after=(first + "peers", first + "sweep"))]
     return jobs
 
 
@@ -851,6 +886,8 @@ def run_jobs(jobs: Sequence[Job], *, slots: int, log: Callable[[str], None]) -> 
             for job in list(running):
                 assert job.proc is not None
                 if job.proc.poll() is None:
+                    if time.perf_counter() - job.started > JOB_TIMEOUT:
+                        _stop(job)
                     continue
                 running.remove(job)
                 job.seconds = time.perf_counter() - job.started
@@ -869,13 +906,20 @@ def run_jobs(jobs: Sequence[Job], *, slots: int, log: Callable[[str], None]) -> 
                 pending.clear()
     finally:
         for job in running:
-            assert job.proc is not None
-            if job.proc.poll() is None:
-                os.killpg(job.proc.pid, signal.SIGTERM)
-                try:
-                    job.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(job.proc.pid, signal.SIGKILL)
+            _stop(job)
+
+
+def _stop(job: Job) -> None:
+    """End a job's process group (the job, and the ``sweep run`` and workers it started)."""
+    assert job.proc is not None
+    if job.proc.poll() is not None:
+        return
+    os.killpg(job.proc.pid, signal.SIGTERM)
+    try:
+        job.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.proc.pid, signal.SIGKILL)
+        job.proc.wait()
 
 
 def _start(job: Job) -> None:
@@ -916,18 +960,20 @@ def collect(plans: Sequence[Plan], jobs: Sequence[Job]) -> list[dict[str, Any]]:
             "case": plan.case, "seed": plan.seed,
             "errors": {w: j.error for w, j in mine.items() if j.error is not None},
             "job_seconds": {w: round(j.seconds, 1) for w, j in mine.items()},
-            "budget": (mine["kt_hyperband"].result or {}).get("epochs"),
+            "budget": plan.budget,
             "tools": {}, "spearman": None,
         }  # fmt: skip
         retrained = mine["retrain"].result
+        found = {**(mine["peers"].result or {}), "sweep": mine["sweep"].result or {}}
         for tool in TOOLS:
-            search = mine[tool].result or {}
-            entry = {k: search.get(k) for k in ("params", "epochs", "trials", "runs", "states", "picked_trial",
-                                                "score") if k in search}  # fmt: skip
+            search = found.get(tool, {})
+            entry = {k: search.get(k) for k in ("params", "epochs", "trials", "seconds", "runs", "states",
+                                                "picked_trial", "score") if k in search}  # fmt: skip
             if retrained is not None:
                 tails = retrained["tools"][tool]["tails"]
                 mean, std = _mean_std(tails)
-                entry.update({"tails": tails, "mean": mean, "std": std, "test_curves": retrained["tools"][tool]["curves"]})
+                curves = retrained["tools"][tool]["curves"]
+                entry.update({"tails": tails, "mean": mean, "std": std, "test_curves": curves})
             record["tools"][tool] = entry
         if retrained is not None:
             trials = retrained["trials"]
@@ -943,6 +989,10 @@ def collect(plans: Sequence[Plan], jobs: Sequence[Job]) -> list[dict[str, Any]]:
             record["retrain_epochs"] = retrained["epochs"]
         runs.append(record)
     return runs
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _fmt(value: float | None) -> str:
@@ -967,7 +1017,7 @@ def report(res: Result, runs: Sequence[dict[str, Any]], settings: Mapping[str, A
             f"{case}: test loss, sweep / best other (relative to the best tool per seed)",
             against_others(summaries, attribute="mean_relative") if mine else None,
             goal=GOAL_LOSS,
-            note=f"{len(mine)} search seeds x {fresh} fresh seeds; mean ± spread: {losses}",
+            note=f"{_count(len(mine), 'search seed')} x {_count(fresh, 'fresh seed')}; mean ± spread: {losses}",
         )
         res.add(
             f"{case}: spread over fresh seeds, sweep / lowest other",
@@ -1031,8 +1081,8 @@ def run(ctx: Context) -> Result:
     folder = ctx.folder(NAME)
     plans = make_plans(folder, settings)
     jobs = plan_jobs(plans)
-    ctx.log(f"{NAME}: {len(CASES)} datasets x {len(settings['search_seeds'])} search seeds, {len(jobs)} jobs, "
-            f"{SLOTS} at a time")  # fmt: skip
+    ctx.log(f"{NAME}: {_count(len(CASES), 'dataset')} x {_count(len(settings['search_seeds']), 'search seed')}, "
+            f"{len(jobs)} jobs, {SLOTS} at a time")  # fmt: skip
     started = time.perf_counter()
     run_jobs(jobs, slots=SLOTS, log=ctx.log)
     runs = collect(plans, jobs)
@@ -1059,11 +1109,11 @@ def run(ctx: Context) -> Result:
     res.notes.append(
         f"test loss: each pick retrained on the whole development part with {settings['fresh_seeds']} fresh seeds, "
         f"mean of the last {settings['tail']} epochs of test-block loss; spread: population std over those seeds. "
-        f"Spearman: every complete sweep trial retrained with {settings['spearman_seeds']} fresh seeds (to bound the "
-        "cost), against its score and against its best validation loss."
+        f"Spearman: every complete sweep trial retrained with {_count(settings['spearman_seeds'], 'fresh seed')} "
+        "(to bound the cost), against its score and against its best validation loss."
     )
     if ctx.quick:
-        res.notes.append("quick run: tiny budgets and one search seed are a smoke test, not a verdict on search quality")
+        res.notes.append("quick run: tiny budgets and one search seed: a smoke test, not a verdict on search quality")
     return res
 
 

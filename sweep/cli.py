@@ -310,7 +310,7 @@ def _print_rank_table(study_name: str, rows: list[Any]) -> None:
             str(r.rank),
             str(r.number),
             *(_fmt(getattr(r, f)) for f in _COMPONENTS),
-            label if r.state == "COMPLETE" else f"{label} ({r.state.lower()})",
+            label if r.state == "COMPLETE" or label == r.state.lower() else f"{label} ({r.state.lower()})",
             *(_fmt(r.params.get(p)) for p in params),
         )
     wide = Console(highlight=False, width=max(out.width, 1000))
@@ -326,7 +326,7 @@ def _write_csv(rows: list[Any]) -> None:
     from sweep.report import NUMERIC_FIELDS
     from sweep.spec import PARAM_NAMES
 
-    names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", *PARAM_NAMES, "layer_norm", "fail_reason"]
+    names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", "n_repeats", "stopped", *PARAM_NAMES, "layer_norm", "fail_reason"]
     writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:

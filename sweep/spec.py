@@ -408,7 +408,7 @@ class RacingSection(_Section):
 
     enabled: bool = True
     keep: float = Field(default=0.25, gt=0.0, le=1.0)
-    n_startup_trials: int = Field(default=5, ge=0)
+    n_startup_trials: int = Field(default=3, ge=0)
 
 
 class WorkerSection(_Section):

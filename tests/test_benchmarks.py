@@ -158,7 +158,8 @@ def test_results_read_back_as_written(tmp_path: Path) -> None:
     assert [r.date for r in results] == [meta["date"], "2026-01-02T00:00:00+00:00", meta["date"]]
     assert results[1].as_dict() == json.loads(json_path.read_text())["benchmarks"][1]
     assert text_table(results) == text_table(written)
-    assert "Run again later with `--update`, on the same machine: 3. reading at scale (2026-01-02" in md_path.read_text()
+    assert "(the same processor for benchmarks that time something; each result's `raw.cpu` names its own): " \
+        "3. reading at scale (2026-01-02" in md_path.read_text()
 
 
 def test_update_refuses_a_file_of_another_mode(tmp_path: Path) -> None:
@@ -172,6 +173,22 @@ def test_update_refuses_a_file_of_another_mode(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "--update" in done.stderr and "run the whole suite" in done.stderr
     assert json.loads(out.read_text())["mode"] == "full"  # untouched
+
+
+def test_update_of_untimed_benchmarks_allows_another_processor_but_not_other_versions(tmp_path: Path) -> None:
+    from benchmarks.__main__ import previous_results
+
+    out = tmp_path / "results.json"
+    old = {"date": "2026-01-01T00:00:00+00:00", "mode": "full", "versions": {"optuna": "5.0.0"},
+           "machine": {"cpu": "Intel", "cores": 2, "memory_gb": 23.5}}  # fmt: skip
+    write_results(_fake_results(), json_path=out, meta=old)
+    other_cpu = {**old, "only": ["reading"], "machine": {**old["machine"], "cpu": "AMD"}}
+    meta, kept = previous_results(out, other_cpu, same_machine=False)
+    assert meta["machine"]["cpu"] == "Intel" and set(kept) == {r.name for r in _fake_results()}
+    with pytest.raises(SystemExit, match="run the whole suite"):
+        previous_results(out, other_cpu, same_machine=True)
+    with pytest.raises(SystemExit, match="run the whole suite"):
+        previous_results(out, {**other_cpu, "versions": {"optuna": "4.5.0"}}, same_machine=False)
 
 
 def test_study_toml_is_valid_toml() -> None:
@@ -344,12 +361,11 @@ def test_search_quality_sweep_reads_exactly_the_development_rows(tmp_path: Path)
         assert seen_by_sweep.time_ordered is (plan.case == "mackey-glass-gru")
     assert sources == {"digits-lstm": "npz", "mackey-glass-gru": "npz", "breast-cancer-dense": "npz",
                        "wine-csv-dense": "csv"}  # fmt: skip
+    assert [p.budget for p in plans] == [settings["budget"][p.case] for p in plans]
     jobs = {job.key: job for job in plan_jobs(plans)}
-    assert len(jobs) == 40
-    assert jobs["wine-csv-dense/seed5/sweep"].after == ("wine-csv-dense/seed5/kt_hyperband",)
-    assert jobs["digits-lstm/seed4/retrain"].after == tuple(
-        f"digits-lstm/seed4/{t}" for t in ("kt_hyperband", "kt_random", "optuna_tpe", "sweep")
-    )
+    assert len(jobs) == 24
+    assert jobs["wine-csv-dense/seed5/sweep"].after == () and jobs["wine-csv-dense/seed5/peers"].after == ()
+    assert jobs["digits-lstm/seed4/retrain"].after == ("digits-lstm/seed4/peers", "digits-lstm/seed4/sweep")
 
 
 def test_search_quality_spearman_and_tail() -> None:
