@@ -486,8 +486,19 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="sweep")
+    """Console-script entry point: a usage mistake (a bad option value, a missing argument) is one line, exit 2."""
+    try:
+        code = app(prog_name="sweep", standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:  # click's usage errors
+        message = exc.format_message().strip()  # type: ignore[attr-defined]
+        if "\n" in message:  # no arguments at all: the help text
+            err.print(message, markup=False)
+        elif message:  # (empty when the help was already shown)
+            err.print(f"error: {message}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,8 @@ def _expected(annotation: Any) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: a wrong type is refused, never converted ("2" is not an int, "yes" not a bool)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -593,7 +594,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = tomllib.loads(f"v = {text.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text.strip()
+        value = text.strip()  # a bare word is a string; the strict spec refuses it where a number is due
     return key, value
 
 
@@ -649,9 +650,16 @@ def _field_path(loc: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+_PLAIN = {"a valid integer": "an integer", "a valid boolean": "true or false", "a valid number": "a number",
+          "a valid string": "a string"}  # fmt: skip
+
+
 def _allowed(message: str) -> str:
     message = message[0].lower() + message[1:]
-    return "allowed: " + message.removeprefix("input should be ") if message.startswith("input should be ") else message
+    if not message.startswith("input should be "):
+        return message
+    wanted = message.removeprefix("input should be ")
+    return "allowed: " + _PLAIN.get(wanted, wanted)
 
 
 def _show(value: Any) -> str:

@@ -80,6 +80,11 @@ def _normalise(url: str) -> str:
         parsed.get_backend_name() == "sqlite" and not url.startswith("sqlite:///")
     ):
         raise UserError(f"--storage: got {mask(url)!r}; allowed: {_ALLOWED_URLS}")
+    if parsed.get_backend_name() == "sqlite" and sqlite_path(url) is None:
+        raise UserError(
+            f"--storage: got {url!r}; an in-memory SQLite database cannot be shared by worker processes "
+            "or kept after the run; allowed: sqlite:///FILE"
+        )
     return url
 
 
@@ -124,10 +129,17 @@ def open_storage(
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
+            if path.is_dir():
+                raise UserError(f"--storage: '{path}' is a folder; allowed: the path of a SQLite file")
             if not create and not path.exists():
                 raise UserError(f"--storage: SQLite file '{path}' does not exist")
             if create:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise UserError(
+                        f"--storage: cannot create the folder of SQLite file '{path}': {exc.strerror}"
+                    ) from None
             _enable_wal(path)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
@@ -199,6 +211,8 @@ def read_engine(url: str) -> Any:
     connect_args: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = sqlite_path(url)
+        if path is not None and path.is_dir():
+            raise UserError(f"--storage: '{path}' is a folder; allowed: the path of a SQLite file")
         if path is not None and not path.exists():
             raise UserError(f"--storage: SQLite file '{path}' does not exist")
         connect_args["timeout"] = SQLITE_TIMEOUT_S
@@ -252,6 +266,10 @@ def _enable_wal(path: Path) -> None:
         with sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as exc:
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UserError(
+                f"--storage: cannot write SQLite file '{path}' ({exc}); allowed: a file in a folder you can write"
+            ) from None
         raise StorageError(f"cannot open SQLite file '{path}': {exc}") from None
 
 

@@ -221,3 +221,34 @@ def test_timeout_stops_starting_trials(tmp_path: Path) -> None:
     assert len(trials) < 50
     assert not [t for t in trials if t.state.name == "RUNNING"]
     assert "of 50 trials done" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--storage", "sqlite:///:memory:"],
+         "error: --storage: got 'sqlite:///:memory:'; an in-memory SQLite database cannot be shared"),
+        (["--storage", "sqlite:///{tmp}"], "error: --storage: '{tmp}' is a folder; allowed: the path of a SQLite file"),
+        (["--n-trials", "0"], "error: Invalid value for '--n-trials'"),
+        (["--set", "training.max_epochs=1e3"], "training.max_epochs: got 1000.0; allowed: an integer"),
+        (["--set", "dashboard.notes=off"], "dashboard.notes: got 'off'; allowed: true or false"),
+    ],
+)  # fmt: skip
+def test_a_user_mistake_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    study = write_study(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = run_cli("run", str(study), *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message.replace("{tmp}", str(tmp_path)) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "sweep.db").exists()
+
+
+def test_a_wrong_type_in_a_study_file_exits_2(tmp_path: Path) -> None:
+    study = write_study(tmp_path)
+    study.write_text(study.read_text().replace("max_epochs = 3", 'max_epochs = "3"'))
+    result = run_cli("run", str(study), "--storage", f"sqlite:///{tmp_path / 'x.db'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("training.max_epochs: got '3'; allowed: an integer")
+    assert not (tmp_path / "x.db").exists()

@@ -755,3 +755,35 @@ def test_parse_duration_refuses(value: Any, fragment: str) -> None:
         parse_duration(value)
     assert str(info.value).startswith(f"got {value!r}; ")
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "body", "message"),
+    [
+        ("training", 'max_epochs = "2"', "training.max_epochs: got '2'; allowed: an integer"),
+        ("training", "max_epochs = 2.0", "training.max_epochs: got 2.0; allowed: an integer"),
+        ("dashboard", 'notes = "yes"', "dashboard.notes: got 'yes'; allowed: true or false"),
+        ("racing", 'keep = "0.5"', "racing.keep: got '0.5'; allowed: a number"),
+    ],
+)
+def test_a_wrong_type_is_refused_not_converted(tmp_path: Path, section: str, body: str, message: str) -> None:
+    _, error = spec_error(tmp_path, study_text(**{section: body}))
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dashboard.notes=yes", "dashboard.notes: got 'yes'; allowed: true or false"),
+        ("dashboard.notes=off", "dashboard.notes: got 'off'; allowed: true or false"),
+        ("training.max_epochs=1e3", "training.max_epochs: got 1000.0; allowed: an integer"),
+        ("training.repeats='3'", "training.repeats: got '3'; allowed: an integer"),
+    ],
+)
+def test_an_override_keeps_its_toml_type_and_is_refused_where_it_does_not_fit(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    path = write_study(tmp_path, study_text())
+    with pytest.raises(SpecError) as info:
+        load_spec(path, overrides=[override])
+    assert message in str(info.value)
