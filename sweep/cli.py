@@ -154,7 +154,7 @@ def worker(
         import time
 
         from sweep import records
-        from sweep.runner import open_sweep, supervise, threads_per_worker
+        from sweep.runner import open_sweep, supervise, supervisor_policy, threads_per_worker
         from sweep.spec import parse_duration
         from sweep.storage import resolve_url
 
@@ -179,6 +179,7 @@ def worker(
                 threads=threads_per_worker(spec, n_workers),
                 on_progress=on_progress,
                 on_output=on_output,
+                policy=supervisor_policy(spec),
             )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -26,16 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import FatalError, Interrupted, SpecDriftError, SweepError, UserError
+from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, spec_from_dict
 from sweep.storage import load_study, mask, open_storage, resolve_url
+from sweep.supervisor import Connected, Exited, Kind, Policy, State, decide
 
 if TYPE_CHECKING:
     import optuna
-
-MAX_WORKER_CRASHES = 3
-STORAGE_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
-STORAGE_OUTAGE_LIMIT_S = 600.0
-"""How long workers keep retrying an unreachable storage before the sweep gives up."""
 
 log = logging.getLogger("sweep.runner")
 
@@ -306,6 +304,7 @@ def run_sweep(
         on_progress=on_progress,
         on_output=on_output,
         prepare=prepare,
+        policy=supervisor_policy(spec),
     )
     return summarize_study(prepared[0], url=url)
 
@@ -333,6 +332,12 @@ def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | 
     return min(complete, key=lambda t: t.user_attrs["score"]) if complete else None
 
 
+def supervisor_policy(spec: StudySpec) -> Policy:
+    """The supervisor's limits from the ``[worker]`` section."""
+    w = spec.worker
+    return Policy(crash_limit=w.crash_limit, crash_window_s=w.crash_window, outage_timeout_s=w.outage_timeout)
+
+
 def supervise(
     *,
     study_name: str,
@@ -345,6 +350,7 @@ def supervise(
     on_output: Callable[[int, str], None] | None = None,
     poll_s: float = 1.0,
     prepare: Callable[[], bool] | None = None,
+    policy: Policy | None = None,
 ) -> None:
     """Run ``workers`` worker processes on the study until none has work left.
 
@@ -353,16 +359,19 @@ def supervise(
     the storage only after it returns True. When it returns False (nothing to
     do) or raises, they are killed: they have touched nothing yet.
 
-    A process that asks to be recycled (exit 75) is replaced; one that crashes
-    is replaced up to ``MAX_WORKER_CRASHES`` times in all.
+    What happens when a worker exits is decided by :func:`sweep.supervisor.decide`
+    (recycle, restart after a crash or an outage, stop); this loop applies it.
+    Called from the main thread, it forwards SIGINT and SIGTERM to the workers
+    and raises :class:`Interrupted` once they have stopped. From another thread
+    no handler is installed (Python allows that in the main thread only): the
+    caller then stops the workers by signalling this process's main thread.
 
     Raises:
         Interrupted: after SIGINT/SIGTERM, once the workers have stopped.
         UserError: a worker refused the study (for example, different data).
-        FatalError: workers keep crashing, or trials keep failing.
+        FatalError: workers keep crashing, the storage stays unreachable, or trials keep failing.
     """
-    from sweep.worker import ENV_URL, EXIT_DONE, EXIT_RECYCLE, EXIT_STORAGE
-
+    policy = policy or Policy()
     env = {
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "ABSL_MIN_LOG_LEVEL": "3",
@@ -371,12 +380,12 @@ def supervise(
         "PYTHONUNBUFFERED": "1",
     }
     procs: dict[int, subprocess.Popen[str]] = {}
-    last_error: dict[int, str] = {}
     relays: dict[int, threading.Thread] = {}
+    events: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()  # written by the relay threads
+    last_error: dict[int, str] = {}
     received: list[int] = []
-
     spares: list[subprocess.Popen[str]] = []  # at most one: a held worker, TensorFlow imported, no slot yet
-    wanted = [0]  # workers that said they will recycle soon (see sweep.worker.RECYCLE_SOON)
+    recycling_soon = 0  # workers that said they will recycle soon and have no successor yet
 
     def spawn(slot: int | None, *, held: bool) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads)]
@@ -402,7 +411,7 @@ def supervise(
         procs[slot] = proc
         if received:  # a signal came while this worker was being started
             proc.send_signal(received[-1])
-        relays[slot] = threading.Thread(target=_relay, args=(proc, slot, on_output, last_error, wanted), daemon=True)
+        relays[slot] = threading.Thread(target=_relay, args=(proc, slot, on_output, events), daemon=True)
         relays[slot].start()
 
     def start(slot: int, *, held: bool = False) -> None:
@@ -417,20 +426,27 @@ def supervise(
                 return
         start(slot)
 
-    def error_of(slot: int, default: str) -> str:
-        relays[slot].join(timeout=5)  # the worker's last lines, its error among them
-        return last_error.get(slot, default)
+    def drain() -> None:
+        nonlocal state, recycling_soon
+        while True:
+            try:
+                what, slot, text = events.get_nowait()
+            except queue.Empty:
+                return
+            if what == RECYCLE_SOON:
+                recycling_soon += 1
+            elif what == CONNECTED:
+                _, state = decide(Connected(slot, time.time()), state, policy)
+            else:
+                last_error[slot] = text
 
     def forward(signum: int, frame: Any) -> None:
         received.append(signum)
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        _signal_all(procs, signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    crashes = 0
-    outage_since: float | None = None
-    outage_tries = 0
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    state = State()
     restart_at: dict[int, float] = {}
     failure: SweepError | None = None
     started = time.time()
@@ -447,55 +463,46 @@ def supervise(
             finally:
                 _release(procs, go=go)
         while procs or restart_at:
+            stopping = bool(received) or failure is not None
             for slot, when in list(restart_at.items()):
-                if received or failure is not None:
+                if stopping:
                     del restart_at[slot]
                 elif time.time() >= when:
                     del restart_at[slot]
                     start(slot)
+            drain()
             for slot, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 del procs[slot]
-                if received or failure is not None:
+                if stopping:
                     continue
-                if code == EXIT_STORAGE:
-                    now = time.time()
-                    outage_since = outage_since or now
-                    if now - outage_since > STORAGE_OUTAGE_LIMIT_S:
-                        failure = FatalError(
-                            f"the storage {mask(url)} has been unreachable for over "
-                            f"{STORAGE_OUTAGE_LIMIT_S:.0f} s; giving up"
-                        )
-                        forward(signal.SIGTERM, None)
-                        received.clear()
-                    else:
-                        delay = STORAGE_BACKOFF_S[min(outage_tries, len(STORAGE_BACKOFF_S) - 1)]
-                        outage_tries += 1
-                        log.warning("storage unavailable; restarting worker %d in %.0f s", slot, delay)
-                        restart_at[slot] = now + delay
+                relays[slot].join(timeout=5)  # the worker's last lines, its error among them
+                drain()
+                decision, state = decide(Exited(slot, code, time.time(), last_error.pop(slot, "")), state, policy)
+                if decision is None:
                     continue
-                outage_since, outage_tries = None, 0
-                if code == EXIT_RECYCLE:
-                    replace(slot)
-                elif code == EXIT_DONE:
-                    continue
-                elif code == 2:
-                    failure = UserError(error_of(slot, f"worker {slot} refused the study"))
-                    forward(signal.SIGTERM, None)
-                    received.clear()
-                elif crashes < MAX_WORKER_CRASHES and code != 1:
-                    crashes += 1
-                    start(slot)
-                else:
-                    failure = FatalError(error_of(slot, f"worker {slot} exited with code {code}"))
-                    forward(signal.SIGTERM, None)
-                    received.clear()
-            if wanted[0] > 0 and not spares and not received and failure is None and procs:
+                match decision.kind:
+                    case Kind.REPLACE:
+                        replace(slot)
+                    case Kind.RETIRE:
+                        pass
+                    case Kind.START:
+                        log.warning("%s", decision.message)
+                        start(slot)
+                    case Kind.START_LATER:
+                        log.warning("%s", decision.message)
+                        restart_at[slot] = time.time() + decision.delay
+                    case Kind.STOP_USER_ERROR | Kind.STOP_FATAL:
+                        error = UserError if decision.kind is Kind.STOP_USER_ERROR else FatalError
+                        failure = error(decision.message)
+                        _signal_all(procs, signal.SIGTERM)  # each ends its trial as FAIL "interrupted"
+                        stopping = True
+            if recycling_soon > 0 and not spares and not stopping and procs:
                 # A worker will recycle soon: start its successor now, so that the TensorFlow
                 # import overlaps that worker's last trials instead of leaving its core idle.
-                wanted[0] -= 1
+                recycling_soon -= 1
                 spares.append(spawn(None, held=True))
             if on_progress is not None and time.time() >= next_poll:
                 next_poll = time.time() + poll_s
@@ -514,6 +521,12 @@ def supervise(
         raise Interrupted(received[0])
     if failure is not None:
         raise failure
+
+
+def _signal_all(procs: dict[int, subprocess.Popen[str]], signum: int) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signum)
 
 
 def _report(
@@ -549,19 +562,17 @@ def _relay(
     proc: subprocess.Popen[str],
     slot: int,
     on_output: Callable[[int, str], None] | None,
-    last_error: dict[int, str],
-    wanted: list[int],
+    events: queue.SimpleQueue[tuple[str, int, str]],
 ) -> None:
-    from sweep.worker import RECYCLE_SOON
-
+    """Pass a worker's lines on; its marker lines and its error line go to the supervisor as events."""
     assert proc.stdout is not None
     for line in proc.stdout:
         line = line.rstrip("\n")
-        if line == RECYCLE_SOON:
-            wanted[0] += 1
+        if line in MARKERS:
+            events.put((line, slot, ""))
             continue
         if line.startswith("error: "):
-            last_error[slot] = line.removeprefix("error: ")
+            events.put(("error", slot, line.removeprefix("error: ")))
         if on_output is not None:
             on_output(slot, line)
         else:
@@ -573,7 +584,7 @@ def _send_go(proc: subprocess.Popen[str], slot: int) -> bool:
     if proc.stdin is None or proc.poll() is not None:
         return False
     try:
-        proc.stdin.write(f"go {slot}\n")
+        proc.stdin.write(go_line(slot))
         proc.stdin.close()
     except OSError:
         return False

@@ -421,6 +421,16 @@ class WorkerSection(_Section):
     heartbeat_interval: int = Field(default=30, ge=1)
     grace_period: int = Field(default=120, ge=2)
     max_retries: int = Field(default=2, ge=0)
+    outage_timeout: float = 600.0
+    """Seconds (or ``"10m"``) the storage may stay unreachable before the sweep gives up."""
+    crash_limit: int = Field(default=3, ge=1)
+    """Crashes of one worker slot within ``crash_window`` that stop the sweep."""
+    crash_window: float = 600.0
+
+    @field_validator("outage_timeout", "crash_window", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> float | None:
+        return parse_duration(value)
 
     @model_validator(mode="after")
     def _grace(self) -> WorkerSection:

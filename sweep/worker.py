@@ -7,8 +7,7 @@ because TensorFlow's memory is not returned between trials even after
 (the URL comes in the environment, never on the command line where ``ps``
 shows it): the spec, the data fingerprint, the target.
 
-Exit codes: 0 nothing left to do; 75 recycle me; 2 a user error (such as
-different data); 130/143 interrupted by SIGINT/SIGTERM; 1 anything else.
+Its exit codes and the lines it prints for the supervisor are in :mod:`sweep.protocol`.
 """
 
 from __future__ import annotations
@@ -27,20 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import DataError, FatalError, Interrupted, StorageError, SweepError, TrialFailed
+from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
 
 if TYPE_CHECKING:
     import optuna
 
     from sweep.spec import StudySpec
 
-EXIT_DONE = 0
-EXIT_RECYCLE = 75
-EXIT_STORAGE = 69
-"""The storage could not be reached; the supervisor restarts the worker after a backoff."""
-ENV_URL = "SWEEP_WORKER_STORAGE"
-RECYCLE_SOON = "sweep:recycle-soon"
-"""Printed (once) when the next trial or two will likely reach a recycle point: the supervisor
-then starts the successor, held, so that its start-up overlaps this worker's last trials."""
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 2.0
 REFRESH_MIN_S = 30.0
@@ -164,9 +156,10 @@ def run_worker(
         _warm_imports()
         go, given = _go(signals)
         if not go:
-            return EXIT_DONE
+            return WorkerExit.DONE
         slot = slot if given is None else given
     study, spec = open_sweep(study_name, url)
+    print(CONNECTED, flush=True)
     target = target if target is not None else study.user_attrs.get(records.TARGET)
     dataset = load_dataset(**data_kwargs(spec))
     check_data(study, spec, dataset)
@@ -258,10 +251,10 @@ def run_worker(
             if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
                 break  # nothing left to do: no point in a fresh process
             log.info("recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory, memory - baseline)
-            return EXIT_RECYCLE
+            return WorkerExit.RECYCLE
     if spec.dashboard.notes and done_here:
         refresh_study(study, url=url)
-    return EXIT_DONE
+    return WorkerExit.DONE
 
 
 def _warm_imports() -> None:
@@ -286,10 +279,7 @@ def _go(signals: _Signals) -> tuple[bool, int | None]:
         signals.check()
         ready, _, _ = select.select([sys.stdin], [], [], 0.5)
         if ready:
-            words = sys.stdin.readline().split()
-            if not words or words[0] != "go":
-                return False, None
-            return True, int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+            return parse_go(sys.stdin.readline())
 
 
 def _work_after_two_more(study: optuna.Study, target: int | None) -> bool:
@@ -492,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ.get(ENV_URL)
     if not url:
         print(f"error: {ENV_URL} is not set", file=sys.stderr)
-        return 2
+        return WorkerExit.USER_ERROR
     try:
         return run_worker(
             signals=signals,
@@ -508,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except StorageError as exc:
         print(f"storage unavailable: {exc}", file=sys.stderr)
-        return EXIT_STORAGE
+        return WorkerExit.STORAGE
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -518,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         reason = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
         if not is_outage(exc):
             print(f"error: the storage {mask(url)} refused an operation: {reason}", file=sys.stderr)
-            return 1
+            return WorkerExit.ERROR
         print(f"storage unavailable ({mask(url)}): {reason}", file=sys.stderr)
-        return EXIT_STORAGE
+        return WorkerExit.STORAGE
 
 
 def exit_now(code: int) -> None:
