@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
@@ -203,7 +203,7 @@ def run_worker(
     objective.before_trial = before_trial
     objective.interrupt = lambda: signals.signum
     failures = 0
-    baseline: float | None = None
+    memory = MemoryBound(limit_mb=spec.worker.max_memory_growth_mb)
     warned = False
     done_here = 0
     next_refresh = 0.0
@@ -233,24 +233,16 @@ def run_worker(
                     )
         else:
             failures = 0
-        memory = rss_mb()
-        baseline = memory if baseline is None else baseline
-        if (
-            not warned
-            and recycle_soon(
-                done_here,
-                memory - baseline,
-                max_trials=spec.worker.max_trials,
-                max_growth_mb=spec.worker.max_memory_growth_mb,
-            )
-            and _work_after_two_more(study, target)
-        ):
+        memory.record(rss_mb())
+        if not warned and memory.soon(max_trials=spec.worker.max_trials) and work_after_two_more(study, target):
             print(RECYCLE_SOON, flush=True)
             warned = True
-        if done_here >= spec.worker.max_trials or _over(done_here, memory - baseline, spec.worker.max_memory_growth_mb):
+        if done_here >= spec.worker.max_trials or memory.over():
             if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
                 break  # nothing left to do: no point in a fresh process
-            log.info("recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory, memory - baseline)
+            log.info(
+                "recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory.ends[-1], memory.growth
+            )
             return WorkerExit.RECYCLE
     if spec.dashboard.notes and done_here:
         refresh_study(study, url=url)
@@ -282,7 +274,7 @@ def _go(signals: _Signals) -> tuple[bool, int | None]:
             return parse_go(sys.stdin.readline())
 
 
-def _work_after_two_more(study: optuna.Study, target: int | None) -> bool:
+def work_after_two_more(study: optuna.Study, target: int | None) -> bool:
     """Whether trials will be left for a successor after every running worker's next two trials.
 
     A successor started for nothing costs a core seconds of start-up while the others train.
@@ -295,30 +287,43 @@ def _work_after_two_more(study: optuna.Study, target: int | None) -> bool:
     return target - counted - running > 2 * max(1, running)
 
 
-RATE_AFTER = 4
-"""Trials a worker runs before it predicts its growth from its rate: the first ones still warm
-TensorFlow up, and one interval says little (a larger model raises the high-water mark once)."""
+@dataclass
+class MemoryBound:
+    """A worker's RSS at the end of each trial, and when it must leave to stay within its bound.
 
-
-def _rate(done: int, growth_mb: float) -> float:
-    """MB per trial since the recycling baseline (the end of the first of ``done`` trials)."""
-    return max(0.0, growth_mb) / max(1, done - 1)
-
-
-def _over(done: int, growth_mb: float, limit_mb: float) -> bool:
-    """Whether the growth is past the limit, or the next trial would take it there at the rate seen so far."""
-    return growth_mb > limit_mb or (done >= RATE_AFTER and growth_mb + _rate(done, growth_mb) > limit_mb)
-
-
-def recycle_soon(done: int, growth_mb: float, *, max_trials: int, max_growth_mb: float) -> bool:
-    """Whether the next two trials will likely reach ``max_trials`` or ``max_growth_mb`` of RSS growth.
-
-    ``growth_mb`` is the growth since the first trial ended (the recycling baseline), over ``done - 1``
-    trials.
+    The baseline is the end of the first trial (TensorFlow has warmed up by
+    then). The next trial is expected to grow the process by as much as the
+    largest single trial did so far (or the mean rate, if larger): trials of
+    different model sizes grow it unevenly, and an average lets one large
+    trial overshoot. So no trial's end lies more than ``limit_mb`` above the
+    baseline unless one trial grows by more than every trial before it.
     """
-    if done + 2 >= max_trials:
-        return True
-    return done >= RATE_AFTER - 1 and growth_mb + 2 * _rate(done, growth_mb) > max_growth_mb
+
+    limit_mb: float
+    ends: list[float] = field(default_factory=list)
+
+    def record(self, rss: float) -> None:
+        self.ends.append(rss)
+
+    @property
+    def growth(self) -> float:
+        return self.ends[-1] - self.ends[0] if self.ends else 0.0
+
+    @property
+    def step(self) -> float:
+        """The growth expected of the next trial."""
+        if len(self.ends) < 2:
+            return 0.0
+        steps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        return max(0.0, max(steps), self.growth / len(steps))
+
+    def over(self) -> bool:
+        """Whether the growth is past the limit, or the next trial would likely take it there."""
+        return self.growth > self.limit_mb or self.growth + self.step > self.limit_mb
+
+    def soon(self, *, max_trials: int) -> bool:
+        """Whether the next two trials will likely reach ``max_trials`` or the limit (a successor may start)."""
+        return len(self.ends) + 2 >= max_trials or self.growth + 2 * self.step > self.limit_mb
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 
+from sweep.worker import MemoryBound
 from tests.conftest import ROOT, run_cli, worker_pids, write_study
 
 
@@ -54,19 +55,22 @@ def test_a_refused_resume_leaves_no_worker_behind(tmp_path: Path) -> None:
     assert worker_pids("refused-resume") == []
 
 
-def test_recycle_soon_looks_two_trials_ahead() -> None:
-    from sweep.worker import recycle_soon
+def _bound(ends: list[float], limit: float = 96.0) -> MemoryBound:
+    memory = MemoryBound(limit_mb=limit)
+    for rss in ends:
+        memory.record(rss)
+    return memory
 
+
+def test_recycle_soon_looks_two_trials_ahead() -> None:
     # By trial count: recycling comes after trial 5, so say so after trial 3.
-    assert [recycle_soon(d, 0.0, max_trials=5, max_growth_mb=96) for d in range(1, 6)] == [
-        False, False, True, True, True,
-    ]  # fmt: skip
-    # By memory: 14 MB a trial since trial 1; trial 6 ends at 70 MB, and two more would pass 96.
-    assert not recycle_soon(5, 56.0, max_trials=50, max_growth_mb=96)
-    assert recycle_soon(6, 70.0, max_trials=50, max_growth_mb=96)
-    assert not recycle_soon(1, 0.0, max_trials=50, max_growth_mb=96)  # no rate known yet
-    # One early jump (a larger model, TensorFlow warming up) is no rate: no successor yet.
-    assert not recycle_soon(2, 54.0, max_trials=50, max_growth_mb=96)
+    flat = [500.0] * 5
+    assert [_bound(flat[:d]).soon(max_trials=5) for d in range(1, 6)] == [False, False, True, True, True]
+    # By memory: 14 MB a trial; after trial 5 (56 MB) two more end at 84; after trial 6 (70) at 98.
+    steady = [500.0 + 14 * i for i in range(7)]
+    assert not _bound(steady[:5]).soon(max_trials=50)
+    assert _bound(steady[:6]).soon(max_trials=50)
+    assert not _bound(steady[:1]).soon(max_trials=50)  # one trial: no growth known yet
 
 
 def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> None:
@@ -111,29 +115,50 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
 
 
 def test_a_worker_leaves_before_the_trial_that_would_pass_the_memory_limit() -> None:
-    from sweep.worker import _over
+    assert not _bound([500.0]).over()
+    assert not _bound([500.0 + 14 * i for i in range(6)]).over()  # 70 MB: the next ends at 84
+    assert _bound([500.0 + 14 * i for i in range(7)]).over()  # 84 MB: the next would end at 98
+    assert _bound([500.0, 600.0]).over()  # past the limit
+    assert not _bound([500.0, 530.0, 540.0]).over()  # 40 MB, largest step 30: the next ends at 70
 
-    assert not _over(1, 0.0, 96)
-    assert not _over(6, 70.0, 96)  # 14 MB a trial: the next one ends at 84
-    assert _over(7, 84.0, 96)  # the next one would end at 98
-    assert _over(2, 100.0, 96)
-    assert not _over(2, 54.0, 96)  # one early interval is no rate: it waits for the limit itself
-    assert not _over(3, 90.0, 96)
-    assert _over(4, 90.0, 96)  # 30 MB a trial over three trials: the next would pass 96
+
+def test_the_largest_trial_so_far_bounds_the_next_one() -> None:
+    """Uneven trials: the mean rate (20 MB) would let the next 50 MB trial end at 116 MB."""
+    ends = [500.0, 505.0, 555.0, 560.0, 566.0]  # steps 5, 50, 5, 6: 66 MB so far
+    memory = _bound(ends)
+    assert memory.growth == 66.0 and memory.step == 50.0
+    assert memory.over()  # 66 + 50 > 96: leave now
+    assert not _bound(ends, limit=120.0).over()
+
+
+def test_memory_bound_holds_over_a_simulated_run_of_uneven_trials() -> None:
+    """Trials of random sizes, none larger than the first large one: no trial end passes the bound."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        memory, worst = MemoryBound(limit_mb=96.0), 0.0
+        memory.record(800.0)
+        largest = rng.uniform(5, 60)
+        memory.record(800.0 + largest)  # the largest trial comes first ...
+        while not memory.over():
+            memory.record(memory.ends[-1] + rng.uniform(0, largest))  # ... the others grow less
+            worst = max(worst, memory.growth)
+        assert worst <= 96.0, worst
 
 
 def test_no_successor_is_asked_for_when_the_study_is_about_to_end(tmp_path: Path) -> None:
     from optuna.trial import TrialState, create_trial
 
-    from sweep.worker import _work_after_two_more
+    from sweep.worker import work_after_two_more
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'end.db'}")
     for _ in range(5):
         study.add_trial(create_trial(value=1.0))
-    assert _work_after_two_more(study, target=10)  # 5 left, nobody else running: a successor gets 3
-    assert not _work_after_two_more(study, target=7)  # this worker's next two trials end the study
-    assert _work_after_two_more(study, target=None)  # a time-limited sweep always has work
+    assert work_after_two_more(study, target=10)  # 5 left, nobody else running: a successor gets 3
+    assert not work_after_two_more(study, target=7)  # this worker's next two trials end the study
+    assert work_after_two_more(study, target=None)  # a time-limited sweep always has work
     study.ask()  # another worker is running a trial
     study.add_trial(create_trial(state=TrialState.RUNNING))  # and another
-    assert not _work_after_two_more(study, target=10)  # 3 left, two running workers take them
-    assert _work_after_two_more(study, target=13)
+    assert not work_after_two_more(study, target=10)  # 3 left, two running workers take them
+    assert work_after_two_more(study, target=13)
