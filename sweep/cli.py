@@ -444,8 +444,8 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
     The bar appears with the first progress report, so an error found while
     checking the input is printed alone.
     """
-    if quiet:
-        yield None, (lambda slot, line: err.print(line, markup=False) if line.startswith("error") else None)
+    if quiet:  # errors and the storage's comings and goings still print, one line each
+        yield None, (lambda slot, line: err.print(line, markup=False) if line.startswith(("error", "storage")) else None)
         return
     from rich.progress import (
         BarColumn,

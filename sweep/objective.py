@@ -16,11 +16,13 @@ train the other R-1 repeats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sweep import records
 from sweep.errors import Interrupted, TrialFailed
+from sweep.outage import retry
 from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
 from sweep.train import Stop
 
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from sweep.spec import StudySpec
     from sweep.stability import Summary
     from sweep.train import Curves
+
+
+T = TypeVar("T")
 
 
 def model_shape(dataset: Dataset) -> ModelShape:
@@ -88,13 +93,21 @@ class Objective:
         self.baselines: tuple[float, ...] = tuple(baseline_loss(p) for p in self.prepared)
         self.before_trial: Any = None
         self.interrupt: Any = lambda: None  # -> the signal number once the process was asked to stop
+        self.last: tuple[int, str, float | tuple[float, float] | None] | None = None
+        """(trial number, final state name, value) of the last trial this objective ended."""
+
+    def db(self, action: Callable[[], T], what: str) -> T:
+        """``action()`` on the storage, retried while the storage is unreachable (``worker.outage_timeout``)."""
+        return retry(action, timeout_s=self.spec.worker.outage_timeout, what=what)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from sweep.space import suggest
 
         if self.before_trial is not None:
-            self.before_trial(trial)
-        params = suggest(trial, self.spec.search, family=self.spec.model.family)
+            self.db(lambda: self.before_trial(trial), f"starting trial {trial.number}")
+        params = self.db(
+            lambda: suggest(trial, self.spec.search, family=self.spec.model.family), f"drawing trial {trial.number}"
+        )
         return self.record(trial, self.train(params, trial=trial))
 
     def train(self, params: Any, *, trial: optuna.Trial | None = None) -> TrialOutcome:
@@ -108,7 +121,7 @@ class Objective:
         curves: list[Curves] = []
         stopped, raced_out = "", False
         for r, data in enumerate(self.prepared):
-            hook = _pruning_hook(trial, spec) if (report and r == 0 and trial is not None) else None
+            hook = _pruning_hook(trial, spec, self.db) if (report and r == 0 and trial is not None) else None
             c, _ = fit_repeat(
                 params,
                 family=spec.model.family,
@@ -134,7 +147,8 @@ class Objective:
                 stopped = f"pruned at epoch {c.epochs} of repeat 0 by the {spec.pruner.name} pruner"
                 break
             if r == 0 and repeats > 1 and scored and trial is not None and spec.racing.enabled:
-                verdict = race(trial, repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk), spec)
+                score0 = repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk)
+                verdict = self.db(lambda: race(trial, score0, spec), f"racing trial {trial.number}")
                 if verdict:
                     stopped, raced_out = verdict, True
                     break
@@ -144,7 +158,9 @@ class Objective:
             tail=spec.stability.tail,
             risk=spec.stability.risk,
             baseline=sum(self.baselines[: len(curves)]) / len(curves),
-            reference=None if trial is None or len(curves) < repeats else study_reference(trial, repeats),
+            reference=None
+            if trial is None or len(curves) < repeats
+            else self.db(lambda: study_reference(trial, repeats), f"reading the study for trial {trial.number}"),
         )
         if stopped and summary.diagnosis is not Diagnosis.DIVERGED:
             summary = replace(summary, diagnosis=Diagnosis.PRUNED, hint=f"{stopped}: {HINTS[Diagnosis.PRUNED]}")
@@ -155,34 +171,37 @@ class Objective:
         import optuna
 
         curves, summary = outcome.curves, outcome.summary
-        trial.set_user_attr(records.CURVES, curves_attr(curves))
-        for key, value in records.summary_attrs(summary).items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr(records.STOPPED, outcome.stopped or f"all {len(self.prepared)} repeats ran")
+        attrs: dict[str, Any] = {records.CURVES: curves_attr(curves), **records.summary_attrs(summary)}
+        attrs[records.STOPPED] = outcome.stopped or f"all {len(self.prepared)} repeats ran"
         if outcome.raced_out:
-            trial.set_user_attr(records.RACED_OUT, True)
-        trial.set_user_attr("train_seconds", round(sum(c.seconds for c in curves), 3))
+            attrs[records.RACED_OUT] = True
+        attrs["train_seconds"] = round(sum(c.seconds for c in curves), 3)
+        last = curves[-1]
+        diverged = last.stop is Stop.DIVERGED or not math.isfinite(summary.score)
+        if diverged:
+            attrs[records.FAIL_REASON] = (
+                f"{records.DIVERGED_PREFIX}: non-finite loss at epoch {last.epochs} of repeat {len(curves) - 1}"
+            )
+        elif last.stop is Stop.PRUNED:
+            attrs["pruned_at_epoch"] = last.epochs
+        for key, value in attrs.items():
+            self.db(lambda k=key, v=value: trial.set_user_attr(k, v), f"recording trial {trial.number}")
         if self.spec.dashboard.notes:
             from sweep.dashboard import write_trial
 
             seconds = write_trial(trial, outcome, self.spec, self.artifact_store)
-            trial.set_user_attr("dashboard_seconds", round(seconds, 3))
-        last = curves[-1]
-        if last.stop is Stop.DIVERGED or not math.isfinite(summary.score):
-            reason = (
-                f"{records.DIVERGED_PREFIX}: non-finite loss at epoch {last.epochs} "
-                f"of repeat {len(curves) - 1}"
-            )
-            trial.set_user_attr(records.FAIL_REASON, reason)
-            raise TrialFailed(reason)
-        if last.stop is Stop.PRUNED:
-            trial.set_user_attr("pruned_at_epoch", last.epochs)
+            self.db(lambda: trial.set_user_attr("dashboard_seconds", round(seconds, 3)), f"recording trial {trial.number}")
+        if diverged:
+            self.last = (trial.number, "FAIL", None)
+            raise TrialFailed(attrs[records.FAIL_REASON])
+        if last.stop is Stop.PRUNED or outcome.raced_out:
+            self.last = (trial.number, "PRUNED", None)
             raise optuna.TrialPruned(outcome.stopped)
-        if outcome.raced_out:
-            raise optuna.TrialPruned(outcome.stopped)
-        if self.spec.study.objective == "pareto":
-            return summary.tail_mean, summary.tail_std
-        return summary.score
+        value: float | tuple[float, float] = (
+            (summary.tail_mean, summary.tail_std) if self.spec.study.objective == "pareto" else summary.score
+        )
+        self.last = (trial.number, "COMPLETE", value)
+        return value
 
 
 def race(trial: optuna.Trial, score0: float, spec: StudySpec) -> str:
@@ -247,14 +266,16 @@ def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:
     }
 
 
-def _pruning_hook(trial: optuna.Trial, spec: StudySpec) -> Any:
+def _pruning_hook(trial: optuna.Trial, spec: StudySpec, db: Callable[[Callable[[], Any], str], Any]) -> Any:
     """Report repeat 0's running score each epoch: the pruned value is then the ranked score."""
     seen: list[float] = []
     tail, risk = spec.stability.tail, spec.stability.risk
 
     def hook(epoch: int, val_loss: float) -> bool:
         seen.append(val_loss)
-        trial.report(repeat_score(seen, tail=tail, risk=risk), epoch)
-        return trial.should_prune()
+        score = repeat_score(seen, tail=tail, risk=risk)
+        what = f"reporting epoch {epoch + 1} of trial {trial.number}"
+        db(lambda: trial.report(score, epoch), what)
+        return bool(db(trial.should_prune, what))
 
     return hook

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import FatalError, Interrupted, SpecDriftError, SweepError, UserError
+from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, SweepError, UserError
+from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, spec_from_dict
 from sweep.storage import load_study, mask, open_storage, resolve_url
@@ -286,7 +287,14 @@ def run_sweep(
 
     def prepare() -> bool:
         # Runs while the workers import TensorFlow: the two costs overlap.
-        study, created = prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+        try:
+            study, created = retry(
+                lambda: prepare_study(spec, url=url, allow_spec_change=allow_spec_change),
+                timeout_s=spec.worker.outage_timeout,
+                what="preparing the study",
+            )
+        except OutageTimeout as exc:
+            raise StorageError(str(exc)) from None
         prepared.append(study)
         done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
         if on_start is not None:

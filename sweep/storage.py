@@ -7,6 +7,8 @@ Only this module turns storage failures into :class:`~sweep.errors.StorageError`
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
 import sqlite3
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 ENV_STORAGE = "SWEEP_STORAGE"
 SQLITE_TIMEOUT_S = 60.0
 """How long a SQLite writer waits for another process's lock before failing."""
+
+log = logging.getLogger("sweep.storage")
 
 
 def resolve_url(cli_url: str | None, spec_url: str | None = None) -> str:
@@ -152,7 +156,7 @@ def open_storage(
                 if heartbeat_interval and max_retries > 0
                 else None
             )
-            storage = optuna.storages.RDBStorage(
+            storage = _heartbeat_tolerant_storage()(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -165,6 +169,37 @@ def open_storage(
         return storage
     except (SQLAlchemyError, optuna.exceptions.OptunaError, ImportError, ValueError, RuntimeError) as exc:
         raise storage_error(url, exc) from None
+
+
+@functools.cache
+def _heartbeat_tolerant_storage() -> type:
+    """Optuna's RDBStorage, with a heartbeat that survives an outage.
+
+    Optuna beats from a thread that dies at its first failed write: after a
+    30 s outage the trial would beat no more and be failed as stale although
+    its worker is alive. Here a beat that meets an outage is skipped (one line
+    per outage), and the next beat, once the database answers, goes through.
+    """
+    import optuna
+
+    from sweep.outage import is_outage
+
+    class HeartbeatTolerantStorage(optuna.storages.RDBStorage):  # type: ignore[misc]
+        _missed = False
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                if not self._missed:
+                    log.warning("storage unreachable: heartbeats of trial %d skipped until it answers", trial_id)
+                self._missed = True
+                return
+            self._missed = False
+
+    return HeartbeatTolerantStorage
 
 
 def _immediate_transactions(engine: Any) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import DataError, FatalError, Interrupted, StorageError, SweepError, TrialFailed
+from sweep.outage import OutageTimeout, gave_up, is_outage
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
 
 if TYPE_CHECKING:
@@ -209,13 +210,21 @@ def run_worker(
     next_refresh = 0.0
     while _has_room(study, target=target, deadline=deadline, signals=signals):
         finished: list[optuna.trial.FrozenTrial] = []
-        study.optimize(
-            _guarded(objective, signals),
-            n_trials=1,
-            catch=(TrialFailed,),
-            callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
-            gc_after_trial=False,
-        )
+        objective.last = None
+        try:
+            study.optimize(
+                _guarded(objective, signals),
+                n_trials=1,
+                catch=(TrialFailed,),
+                callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
+                gc_after_trial=False,
+            )
+        except Exception as exc:  # Optuna's own step (ask, tell) met an outage: wait, then finish the trial
+            if not is_outage(exc):
+                raise
+            if gave_up(exc):
+                raise StorageError(str(gave_up(exc))) from None
+            finished += _settle(study, objective.last, timeout_s=spec.worker.outage_timeout)
         if spec.dashboard.notes and finished and time.monotonic() >= next_refresh:
             # The ranking note costs more as the study grows: refresh it at most twice a minute
             # and at most 1% of the time (it is refreshed once more when the worker ends).
@@ -326,26 +335,47 @@ class MemoryBound:
         return len(self.ends) + 2 >= max_trials or self.growth + 2 * self.step > self.limit_mb
 
 
+def _settle(
+    study: optuna.Study, last: tuple[int, str, Any] | None, *, timeout_s: float
+) -> list[optuna.trial.FrozenTrial]:
+    """After an outage inside Optuna's own step: wait for the storage, then tell the trial's result.
+
+    The objective had finished the trial (its curves and summary are stored);
+    only its final state was lost. Without a result (the outage came while the
+    trial was being created) nothing is told: a trial left RUNNING stops sending
+    heartbeats and is failed and retried as for a dead worker.
+    """
+    import optuna
+
+    from sweep.outage import OutageTimeout, retry
+
+    try:
+        trials = retry(lambda: study.get_trials(deepcopy=False), timeout_s=timeout_s, what="finishing a trial")
+    except OutageTimeout as exc:
+        raise StorageError(str(exc)) from None
+    if last is None:
+        return []
+    number, state, value = last
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None or trial.state.is_finished():
+        return [trial] if trial is not None else []
+    told = retry(
+        lambda: study.tell(number, value, state=optuna.trial.TrialState[state], skip_if_finished=True)
+        if state == "COMPLETE"
+        else study.tell(number, state=optuna.trial.TrialState[state], skip_if_finished=True),
+        timeout_s=timeout_s,
+        what=f"finishing trial {number}",
+    )
+    _log_trial(study, told)
+    return [told]
+
+
 def _storage_errors() -> tuple[type[BaseException], ...]:
     """Errors raised by the storage layer (see :func:`is_outage` for which mean it is unreachable)."""
     import optuna
     from sqlalchemy.exc import DBAPIError
 
     return (DBAPIError, optuna.exceptions.StorageInternalError)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether a storage error means the database cannot be reached (retry later), not bad data."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OperationalError | InterfaceError):
-            return True
-        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -381,7 +411,7 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
                           "queued again when the study is resumed.")
             raise
-        except (TrialFailed, optuna.TrialPruned):
+        except (TrialFailed, optuna.TrialPruned, OutageTimeout):
             raise
         except _storage_errors() as exc:
             if is_outage(exc):

@@ -1,0 +1,166 @@
+"""A database that goes away mid-sweep: a private PostgreSQL server, stopped and started under a real ``sweep run``.
+
+Each test starts its own server (``initdb`` into a temporary folder, a free
+port) so that stopping it touches no other test. Skipped where the
+PostgreSQL server programs are not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write_study
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@dataclass
+class Server:
+    data: Path
+    port: int
+    log: Path
+    as_user: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        pg_ctl = _pg_bin("pg_ctl")
+        assert pg_ctl is not None
+        subprocess.run([*self.as_user, pg_ctl, "-D", str(self.data), *args], check=True, capture_output=True,
+                       timeout=120)  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}"
+        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    initdb = _pg_bin("initdb")
+    if initdb is None or _pg_bin("pg_ctl") is None:
+        pytest.skip("the PostgreSQL server programs (initdb, pg_ctl) are not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # outside pytest's folders, which only root may enter
+    if os.geteuid() == 0:  # the server refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start a private PostgreSQL server")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = Server(data=data, port=port, log=folder / "server.log", as_user=as_user)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl") or "pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _trials(url: str) -> list[tuple[int, str, set[str]]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT trial_id, number, state FROM trials ORDER BY number")).all()
+            attrs = conn.execute(sa.text("SELECT trial_id, key FROM trial_user_attributes")).all()
+    finally:
+        engine.dispose()
+    keys: dict[int, set[str]] = {}
+    for tid, key in attrs:
+        keys.setdefault(tid, set()).add(key)
+    return [(int(n), str(state).rsplit(".", 1)[-1], keys.get(tid, set())) for tid, n, state in rows]
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # the database may still be starting
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _sweep(study: Path, url: str, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "200", "SWEEP_STORAGE": url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep", "run", str(study), "-q", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: Path) -> None:
+    study = write_study(tmp_path, name="outage", n_trials=3, epochs=8, extra="\n[racing]\nenabled = false\n")
+    proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
+    try:
+        # Once the first trial has reported two epochs, the database goes away for 30 s.
+        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
+        time.sleep(3)
+        server.stop()
+        time.sleep(30)
+        server.start()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    trials = _trials(server.url)
+    states = [s for _, s, _ in trials]
+    assert "RUNNING" not in states and "WAITING" not in states, trials
+    finished = [(n, keys) for n, s, keys in trials if s in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3, trials  # the target, with the trial that met the outage among them
+    assert all("score" in keys and "curves" in keys for _, keys in finished)  # no result lost
+    assert "Traceback" not in out + err
+    assert "storage unreachable" in out + err  # one line when the wait began
+    assert "storage back after" in out + err  # and one when it ended
+
+
+def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_line(
+    server: Server, tmp_path: Path
+) -> None:
+    study = write_study(tmp_path, name="gone", n_trials=3, epochs=8)
+    proc = _sweep(study, server.url, "--set", "worker.outage_timeout=8", "--set", "dashboard.notes=false")
+    try:
+        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
+        server.stop()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in out + err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "unreachable" in errors[0], err
