@@ -164,3 +164,21 @@ def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_
     assert "Traceback" not in out + err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "unreachable" in errors[0], err
+
+
+def test_sweep_run_waits_for_a_database_that_is_down_when_it_starts(server: Server, tmp_path: Path) -> None:
+    study = write_study(tmp_path, name="late", n_trials=2, epochs=2)
+    server.stop()
+    proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
+    try:
+        time.sleep(20)
+        assert proc.poll() is None, "sweep run gave up on a database that was down for 20 s"
+        server.start()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    assert [s for _, s, _ in _trials(server.url)] == ["COMPLETE", "COMPLETE"]
+    assert "Traceback" not in out + err
+    assert "storage unreachable while preparing the study" in err
