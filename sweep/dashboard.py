@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweep import records
 from sweep.errors import UserError
 
 if TYPE_CHECKING:
