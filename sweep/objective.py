@@ -184,8 +184,8 @@ class Objective:
             )
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
-        for key, value in attrs.items():
-            self.db(lambda k=key, v=value: trial.set_user_attr(k, v), f"recording trial {trial.number}")
+        for key in attrs:
+            self.db(lambda: trial.set_user_attr(key, attrs[key]), f"recording trial {trial.number}")  # noqa: B023
         if self.spec.dashboard.notes:
             from sweep.dashboard import write_trial
 
@@ -197,11 +197,11 @@ class Objective:
         if last.stop is Stop.PRUNED or outcome.raced_out:
             self.last = (trial.number, "PRUNED", None)
             raise optuna.TrialPruned(outcome.stopped)
-        value: float | tuple[float, float] = (
+        result: float | tuple[float, float] = (
             (summary.tail_mean, summary.tail_std) if self.spec.study.objective == "pareto" else summary.score
         )
-        self.last = (trial.number, "COMPLETE", value)
-        return value
+        self.last = (trial.number, "COMPLETE", result)
+        return result
 
 
 def race(trial: optuna.Trial, score0: float, spec: StudySpec) -> str:

@@ -215,7 +215,7 @@ def _judge_spreads(rows: list[_Row], study: _Study, *, tail: int | None = None) 
         if attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
             diagnosis, hint, spread = judge_spread(
                 tail_mean=float(attrs["tail_mean"]),
-                tail_std=float(attrs.get("tail_std") or 0.0),
+                tail_std=_num(attrs.get("tail_std")) or 0.0,
                 repeat_means=means,
                 reference=reference,
                 window=window_words(tail, attrs.get("epochs") or [tail]),

@@ -387,6 +387,7 @@ def supervise(
         ENV_URL: url,
         "PYTHONUNBUFFERED": "1",
     }
+    state = State()
     procs: dict[int, subprocess.Popen[str]] = {}
     relays: dict[int, threading.Thread] = {}
     events: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()  # written by the relay threads
@@ -454,7 +455,6 @@ def supervise(
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
-    state = State()
     restart_at: dict[int, float] = {}
     failure: SweepError | None = None
     started = time.time()
