@@ -179,9 +179,18 @@ def _heartbeat_tolerant_storage() -> type:
     30 s outage the trial would beat no more and be failed as stale although
     its worker is alive. Here a beat that meets an outage is skipped (one line
     per outage), and the next beat, once the database answers, goes through.
+
+    Optuna also never reaps a RUNNING trial that has no heartbeat at all, which
+    is what a worker leaves when the database goes away between starting a
+    trial and its first beat and the worker gives up: the trial would stay
+    RUNNING for ever. Here the reaper gives such a trial a beat of the
+    database's own clock when it first sees it, so that it is failed one grace
+    period later unless a worker beats it by then.
     """
     import optuna
-
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
     from sweep.outage import is_outage
 
     class HeartbeatTolerantStorage(optuna.storages.RDBStorage):  # type: ignore[misc]
@@ -189,7 +198,7 @@ def _heartbeat_tolerant_storage() -> type:
 
         def record_heartbeat(self, trial_id: int) -> None:
             try:
-                super().record_heartbeat(trial_id)
+                super().record_heartbeat(trial_id)  # a first beat that a reaper wrote a moment before is skipped
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -198,6 +207,24 @@ def _heartbeat_tolerant_storage() -> type:
                 self._missed = True
                 return
             self._missed = False
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            self._beat_unbeaten(study_id)
+            return list(super()._get_stale_trial_ids(study_id))
+
+        def _beat_unbeaten(self, study_id: int) -> None:
+            trials, beats = models.TrialModel, models.TrialHeartbeatModel
+            # A worker that beats first at the same moment wins: the integrity error is ignored.
+            with _create_scoped_session(self.scoped_session, True) as session:
+                unbeaten = (
+                    session.query(trials.trial_id)
+                    .outerjoin(beats, beats.trial_id == trials.trial_id)
+                    .filter(trials.study_id == study_id, trials.state == TrialState.RUNNING)
+                    .filter(beats.trial_id.is_(None))
+                    .all()
+                )
+                for (trial_id,) in unbeaten:
+                    session.add(beats(trial_id=trial_id))
 
     return HeartbeatTolerantStorage
 

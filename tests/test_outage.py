@@ -148,11 +148,64 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
     assert "storage back after" in out + err  # and one when it ended
 
 
+def _sql(url: str, *statements: str) -> list[object]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            return [conn.execute(sa.text(s)).all() if s.lstrip().upper().startswith("SELECT") else
+                    conn.execute(sa.text(s)) and None for s in statements]  # fmt: skip
+    finally:
+        engine.dispose()
+
+
+# Holds the first write that ends a trial (RUNNING -> any other state, Optuna's ``tell``) for 60 s, so
+# that the server can be stopped while exactly that write is in flight. A sequence is not rolled
+# back with the aborted write, so the retry after the outage passes at once.
+_HOLD_FIRST_TELL = [
+    "CREATE SEQUENCE tell_hold",
+    """CREATE FUNCTION hold_first_tell() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN
+         IF nextval('tell_hold') = 1 THEN PERFORM pg_sleep(60); END IF;
+         RETURN NEW;
+       END $$""",
+    """CREATE TRIGGER hold_first_tell BEFORE UPDATE ON trials FOR EACH ROW
+       WHEN (OLD.state = 'RUNNING' AND NEW.state <> 'RUNNING') EXECUTE FUNCTION hold_first_tell()""",
+]
+
+
+def test_a_database_outage_at_the_end_of_a_trial_loses_nothing(server: Server, tmp_path: Path) -> None:
+    study = write_study(tmp_path, name="tell", n_trials=2, epochs=3, extra="\n[racing]\nenabled = false\n")
+    proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
+    try:
+        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
+        _sql(server.url, *_HOLD_FIRST_TELL)
+        held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        _wait_for(lambda: _sql(server.url, held)[0][0][0] == 1, 180, "the first trial's tell")  # type: ignore[index]
+        server.stop()  # the tell is in flight: its transaction dies with the server
+        time.sleep(30)
+        server.start()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    trials = _trials(server.url)
+    assert [s for _, s, _ in trials] == ["COMPLETE", "COMPLETE"], trials  # the held trial's result was told again
+    values = _sql(server.url, "SELECT count(*) FROM trial_values")[0]
+    assert values[0][0] == 2, values  # type: ignore[index]
+    assert "Traceback" not in out + err
+    assert "storage unreachable" in out + err and "storage back after" in out + err
+
+
 def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_line(
     server: Server, tmp_path: Path
 ) -> None:
     study = write_study(tmp_path, name="gone", n_trials=2, epochs=8)
-    proc = _sweep(study, server.url, "--set", "worker.outage_timeout=8", "--set", "dashboard.notes=false")
+    settings = ["--set", "worker.outage_timeout=8", "--set", "dashboard.notes=false",
+                "--set", "worker.heartbeat_interval=1", "--set", "worker.grace_period=3"]  # fmt: skip
+    proc = _sweep(study, server.url, *settings)
     try:
         _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
         server.stop()
@@ -164,6 +217,15 @@ def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_
     assert "Traceback" not in out + err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "unreachable" in errors[0], err
+    # Nothing could be written while the server was gone, so the trial it interrupted is still RUNNING
+    # there. Once the server is back, the next run sees its heartbeat stale, fails it and re-runs it.
+    server.start()
+    assert "RUNNING" in [s for _, s, _ in _trials(server.url)]
+    rerun = _sweep(study, server.url, *settings)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out + err
+    states = [s for _, s, _ in _trials(server.url)]
+    assert "RUNNING" not in states and states.count("COMPLETE") == 2, states
 
 
 def test_sweep_run_waits_for_a_database_that_is_down_when_it_starts(server: Server, tmp_path: Path) -> None:

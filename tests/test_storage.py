@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,19 @@ def test_each_queued_trial_is_taken_by_one_process_only_on_sqlite(tmp_path: Path
     taken = [int(n) for p in procs for n in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(taken) == list(range(40))  # each of the 40 exactly once
+
+
+def test_a_running_trial_that_never_beat_is_reaped_one_grace_period_later(storage_url: str) -> None:
+    """A worker that dies between starting a trial and its first heartbeat leaves a trial with no beat."""
+    import optuna
+
+    from sweep.storage import open_storage
+
+    storage = open_storage(storage_url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage, study_name="unbeaten")
+    orphan = study.ask()  # RUNNING, and ask() records no heartbeat
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[orphan.number].state is optuna.trial.TrialState.RUNNING  # given a beat, not failed yet
+    time.sleep(3.5)
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[orphan.number].state is optuna.trial.TrialState.FAIL
