@@ -90,11 +90,13 @@ def test_killed_worker_trial_fails_after_grace_and_is_retried(postgres_url: str,
         pids = worker_pids("killed")
         assert len(pids) == 1
         os.kill(pids[0], signal.SIGKILL)
-        proc.communicate(timeout=400)
+        _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, err
+    restarts = [line for line in err.splitlines() if "crashed" in line]
+    assert restarts == ["worker 0 crashed (killed by signal 9); starting it again"], err
     trials = {t.number: t for t in _trials(postgres_url, "killed")}
     assert trials[victim.number].state.name == "FAIL"
     retries = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
