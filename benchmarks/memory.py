@@ -16,11 +16,19 @@ baseline the worker itself uses for ``worker.max_memory_growth_mb``); the
 figure is the largest growth of any worker. Both runs also give the bound
 that the settings imply (growth per trial times ``worker.max_trials``,
 capped by ``worker.max_memory_growth_mb``), for the defaults and for K.
+
+Large models: a real ``sweep run`` (full run only) of a stacked-LSTM study on
+the Mackey-Glass series (1 to 3 layers of 32 to 128 units, batches down to
+16), whose trials grow a worker by very different amounts, with the default
+worker settings. It reports the largest growth of any worker at its trials'
+ends (what ``worker.max_memory_growth_mb`` bounds) and the largest growth of
+one trial.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sqlite3
@@ -228,9 +236,73 @@ def _workers_below(root: int) -> list[int]:
     return workers
 
 
-def _recycled_run(study_file: Path, db: Path) -> subprocess.Popen[str]:
+LARGE_LSTM_SEARCH: dict[str, Any] = {
+    "n_layers": {"low": 1, "high": 3},
+    "units": [32, 64, 128],
+    "activation": ["tanh", "relu"],
+    "learning_rate": {"low": 1e-3, "high": 1e-2, "log": True},
+    "optimizer": ["adam", "rmsprop", "nadam"],
+    "batch_size": [16, 32, 64],
+    "dropout": {"low": 0.0, "high": 0.2},
+    "l2": {"low": 1e-6, "high": 1e-4, "log": True},
+}
+
+
+def large_lstm_study(n_trials: int) -> dict[str, dict[str, Any]]:
+    """A stacked-LSTM study on the Mackey-Glass series, default worker settings, one thread per worker."""
+    return {
+        "study": {"name": "memory-lstm", "seed": 3, "n_trials": n_trials},
+        "data": {"source": "mackey_glass", "lookback": 24, "horizon": 1},
+        "model": {"family": "lstm"},
+        "search": LARGE_LSTM_SEARCH,
+        "training": {"max_epochs": 2, "patience": 0, "repeats": 1},
+        "sampler": {"name": "random"},
+        "pruner": {"name": "none"},
+        "racing": {"enabled": False},
+        "dashboard": {"notes": False},
+        "worker": {"threads": 1},
+    }
+
+
+def trial_growths(sampler: ChildSampler) -> list[float]:
+    """The growth of each trial after a worker's first: its end's RSS minus the previous trial's end's."""
+    out: list[float] = []
+    for rows in sampler.samples.values():
+        ends = [mb for i, (_, mb, count) in enumerate(rows) if count >= 1 and (i == 0 or rows[i - 1][2] < count)]
+        out.extend(b - a for a, b in itertools.pairwise(ends))
+    return out
+
+
+def _large_lstm(ctx: Context, res: Result, n_trials: int) -> dict[str, Any]:
+    folder = ctx.folder(f"{NAME}-lstm")
+    study_file = write_study(folder, large_lstm_study(n_trials))
+    db = folder / "lstm.db"
+    ctx.log(f"{NAME}: sweep run of {n_trials} stacked-LSTM trials (units up to 128, batch down to 16), 2 workers")
+    proc = _recycled_run(study_file, db, "--workers", "2")
+    with ChildSampler(proc.pid, db) as sampler:
+        _, stderr = proc.communicate(timeout=3600)
+    if proc.returncode != 0:
+        raise BenchmarkError(f"sweep run (large LSTM) exited {proc.returncode}: {stderr.strip()[-300:]}")
+    workers = sampler.per_worker()
+    growths = [w["growth_mb"] for w in workers if w["growth_mb"] is not None]
+    per_trial = trial_growths(sampler)
+    from sweep.spec import WorkerSection
+
+    cap = WorkerSection().max_memory_growth_mb
+    res.add(
+        f"RSS growth of any worker at its trials' ends, {n_trials}-trial stacked-LSTM study, default settings",
+        max(growths) if growths else None,
+        unit="MB",
+        goal=Goal("<=", cap, f"<= {cap:g} MB (max_memory_growth_mb)"),
+        note=f"{len(workers)} worker processes, {sum(w['trials_seen'] for w in workers)} trials",
+    )
+    res.add("largest growth of one trial in that study", max(per_trial) if per_trial else None, unit="MB")
+    return {"trials": n_trials, "workers": workers, "trial_growths_mb": [round(g, 1) for g in per_trial]}
+
+
+def _recycled_run(study_file: Path, db: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        sweep_cmd("run", str(study_file), "--storage", sqlite_url(db), "-q"),
+        sweep_cmd("run", str(study_file), "--storage", sqlite_url(db), "-q", *extra),
         env=bench_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -241,6 +313,7 @@ def _recycled_run(study_file: Path, db: Path) -> subprocess.Popen[str]:
 def run(ctx: Context) -> Result:
     res = Result(NAME, TITLE)
     trials, recycled_trials, max_trials = ctx.pick(quick=(30, 0, 6), full=(200, 40, 6))
+    lstm_trials = ctx.pick(quick=0, full=80)
     folder = ctx.folder(NAME)
     sections = digits_study(
         name="memory", n_trials=max(1, recycled_trials), max_epochs=1, repeats=1, search=TINY_SEARCH,
@@ -341,7 +414,9 @@ def run(ctx: Context) -> Result:
         f"({samples[9]:.0f} MB to {samples[-1]:.0f} MB over {len(samples)} trials): TensorFlow keeps memory after "
         "Keras clears its global state (a plain model.fit loop grows alike); recycling is what bounds it"
     )
+    large = _large_lstm(ctx, res, lstm_trials) if lstm_trials else None
     res.raw = {
+        "large_lstm": large,
         "without_recycling": {**found, "trials": trials, "growth_mb": without, "growth_mb_per_trial": per_trial},
         "with_recycling": {
             "trials": recycled_trials,

@@ -89,7 +89,9 @@ def run(
     study_file: Annotated[Path, typer.Argument(help="The study file (TOML).", show_default=False)],
     n_trials: Annotated[
         int | None,
-        typer.Option("--n-trials", min=1, help="The study's total number of trials (a resumed study runs only the rest)."),
+        typer.Option(
+            "--n-trials", min=1, help="The study's total number of trials (a resumed study runs only the rest)."
+        ),
     ] = None,
     timeout: Annotated[
         str | None, typer.Option("--timeout", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d.")
@@ -103,7 +105,8 @@ def run(
         str, typer.Option("--workers", help="Worker processes on this machine: N or 'auto' (one per core).")
     ] = "1",
     allow_spec_change: Annotated[
-        bool, typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed.")
+        bool,
+        typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
 ) -> None:
@@ -214,7 +217,9 @@ def rank_(
         float | None, typer.Option("--risk", help="Re-score with this risk (score = tail_mean + risk * tail_std).")
     ] = None,
     tail: Annotated[int | None, typer.Option("--tail", help="Re-score with a tail window of W epochs.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Also list pruned and failed trials (after complete ones).")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Also list pruned and failed trials (after complete ones).")
+    ] = False,
 ) -> None:
     """Trials ranked by validation-loss stability, with a diagnosis and a hint for each."""
     with _errors():
@@ -327,7 +332,8 @@ def _write_csv(rows: list[Any]) -> None:
     from sweep.report import NUMERIC_FIELDS
     from sweep.spec import PARAM_NAMES
 
-    names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", "n_repeats", "stopped", *PARAM_NAMES, "layer_norm", "fail_reason"]
+    names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", "n_repeats", "stopped",
+             *PARAM_NAMES, "layer_norm", "fail_reason"]  # fmt: skip
     writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:
@@ -342,7 +348,9 @@ def dashboard(
         Path | None, typer.Argument(help="A study file (its storage and artifact folder are used).", show_default=False)
     ] = None,
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
     artifacts: Annotated[
         str | None, typer.Option("--artifacts", help="Artifact folder (default: the study's, as the workers wrote it).")
@@ -445,7 +453,11 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
     checking the input is printed alone.
     """
     if quiet:  # errors and the storage's comings and goings still print, one line each
-        yield None, (lambda slot, line: err.print(line, markup=False) if line.startswith(("error", "storage")) else None)
+        def quiet_line(slot: int, line: str) -> None:
+            if line.startswith(("error", "storage")):
+                err.print(line, markup=False)
+
+        yield None, quiet_line
         return
     from rich.progress import (
         BarColumn,
@@ -493,7 +505,7 @@ def main() -> None:
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as exc:  # click's usage errors
-        message = exc.format_message().strip()  # type: ignore[attr-defined]
+        message = exc.format_message().strip()
         if "\n" in message:  # no arguments at all: the help text
             err.print(message, markup=False)
         elif message:  # (empty when the help was already shown)

@@ -171,7 +171,9 @@ def plot_curves(outcome: TrialOutcome, spec: StudySpec, path: str, *, title: str
             if c.epochs:
                 ax.axvspan(max(0.5, c.epochs - min(tail, c.epochs) + 0.5), c.epochs + 0.5, color=color, alpha=0.08)
         s = outcome.summary
-        ax.set_title(f"{title}: score {_f(s.score)}, {s.diagnosis.value} ({tail_words(outcome, tail)}, shaded)", fontsize=9)
+        ax.set_title(
+            f"{title}: score {_f(s.score)}, {s.diagnosis.value} ({tail_words(outcome, tail)}, shaded)", fontsize=9
+        )
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.set_xlim(0.5, longest + 0.5)
@@ -212,7 +214,8 @@ def study_note(name: str, ranked: list[Any]) -> str:
         "Lower is better: score = tail_mean + risk × tail_std, both from each repeat's own tail "
         "(the spread between splits is the same for every trial and is left out). Updated " + stamp + ".",
         "",
-        "| rank | trial | score | tail_mean | tail_std | diagnosis | layers | units | lr | optimizer | batch | dropout | l2 |",
+        "| rank | trial | score | tail_mean | tail_std | diagnosis "
+        "| layers | units | lr | optimizer | batch | dropout | l2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ranked[:TOP_IN_NOTE]:

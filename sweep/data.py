@@ -31,11 +31,11 @@ __all__ = [
     "Prepared",
     "Split",
     "Task",
+    "baseline_loss",
     "describe",
     "fingerprint",
     "load_dataset",
     "make_splits",
-    "baseline_loss",
     "prepare",
 ]
 
@@ -109,9 +109,10 @@ class Dataset:
                 raise ValueError("Dataset.y has class ids outside 0..len(classes)-1")
         elif self.y.dtype != np.float32 or self.y.ndim not in (1, 2) or self.classes is not None:
             raise ValueError("a regression/forecast Dataset needs float32 1-D or 2-D y and no classes")
-        if self.lengths is not None:
-            if self.X.ndim != 3 or self.lengths.dtype != np.int64 or self.lengths.shape != self.X.shape[:1]:
-                raise ValueError("Dataset.lengths must be int64 (n,) and only with 3-D X")
+        if self.lengths is not None and (
+            self.X.ndim != 3 or self.lengths.dtype != np.int64 or self.lengths.shape != self.X.shape[:1]
+        ):
+            raise ValueError("Dataset.lengths must be int64 (n,) and only with 3-D X")
 
     @property
     def n_classes(self) -> int | None:
@@ -161,7 +162,7 @@ class Prepared:
 def load_dataset(
     *,
     source: str,
-    path: str | None = None,
+    path: str | Path | None = None,
     features: Sequence[str] | None = None,
     target: str | Sequence[str] | None = None,
     task: str | None = None,
@@ -229,8 +230,11 @@ def load_dataset(
             path=path, file=file, features=features, target=target, task=the_task,
             lookback=lookback, horizon=horizon, group=group,
         )
-    for field, value in (("features", features), ("target", target), ("group", group), ("lookback", lookback)):
-        if value is not None:
+    unused: tuple[tuple[str, object], ...] = (
+        ("features", features), ("target", target), ("group", group), ("lookback", lookback),
+    )
+    for field, unused_value in unused:
+        if unused_value is not None:
             raise DataError(f"data.{field}: not used by source 'npz'; the file holds the arrays 'X' and 'y'")
     if _check_int("data.horizon", horizon, minimum=1) != 1:
         raise DataError("data.horizon: not used by source 'npz'; the file holds the arrays 'X' and 'y'")
@@ -586,8 +590,8 @@ def _load_csv(
             )
         every = range(n_rows)
         matrix = np.stack([_numbers(table, name, every, what=feature_hint) for name in inputs], axis=1)
-        x, target_rows = _windows(matrix, lookback=window, horizon=ahead)
-        y = _regression_targets(table, targets, target_rows.tolist(), single=isinstance(target, str))
+        x, window_ends = _windows(matrix, lookback=window, horizon=ahead)
+        y = _regression_targets(table, targets, window_ends.tolist(), single=isinstance(target, str))
         return Dataset(
             name=Path(path).name, task=task, X=np.ascontiguousarray(x, dtype=np.float32), y=y,
             lengths=None, classes=None, time_ordered=True,
@@ -994,7 +998,8 @@ def _safe_scale(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
 def _valid_steps(ds: Dataset, rows: np.ndarray) -> np.ndarray | None:
     if ds.lengths is None:
         return None
-    return np.arange(ds.X.shape[1])[None, :] < ds.lengths[rows][:, None]
+    mask: np.ndarray = np.arange(ds.X.shape[1])[None, :] < ds.lengths[rows][:, None]
+    return mask
 
 
 def prepare(ds: Dataset, split: Split) -> Prepared:
@@ -1022,7 +1027,8 @@ def prepare(ds: Dataset, split: Split) -> Prepared:
         mask = _valid_steps(ds, rows)
         if mask is not None:
             x[~mask] = PAD_VALUE
-        return x.astype(np.float32)
+        out: np.ndarray = x.astype(np.float32)
+        return out
 
     if ds.task is Task.CLASSIFICATION:
         y_train = ds.y[split.train].astype(np.int64)

@@ -15,6 +15,7 @@ train the other R-1 repeats.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -148,7 +149,7 @@ class Objective:
                 break
             if r == 0 and repeats > 1 and scored and trial is not None and spec.racing.enabled:
                 score0 = repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk)
-                verdict = self.db(lambda: race(trial, score0, spec), f"racing trial {trial.number}")
+                verdict = self.db(functools.partial(race, trial, score0, spec), f"racing trial {trial.number}")
                 if verdict:
                     stopped, raced_out = verdict, True
                     break
@@ -185,12 +186,14 @@ class Objective:
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
         for key in attrs:
-            self.db(lambda: trial.set_user_attr(key, attrs[key]), f"recording trial {trial.number}")  # noqa: B023
+            self.db(functools.partial(trial.set_user_attr, key, attrs[key]), f"recording trial {trial.number}")
         if self.spec.dashboard.notes:
             from sweep.dashboard import write_trial
 
             seconds = write_trial(trial, outcome, self.spec, self.artifact_store)
-            self.db(lambda: trial.set_user_attr("dashboard_seconds", round(seconds, 3)), f"recording trial {trial.number}")
+            self.db(
+                lambda: trial.set_user_attr("dashboard_seconds", round(seconds, 3)), f"recording trial {trial.number}"
+            )
         if diverged:
             self.last = (trial.number, "FAIL", None)
             raise TrialFailed(attrs[records.FAIL_REASON])

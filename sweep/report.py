@@ -234,8 +234,9 @@ def _rank_rows(rows: Sequence[_Row], *, by: str, include_all: bool) -> list[Rank
 
     def key(r: _Row) -> tuple[int, int, float, int]:
         value = r.attrs.get(by)
-        missing = not isinstance(value, int | float) or not math.isfinite(value)
-        return (STATE_ORDER.get(r.state, 9), int(missing), 0.0 if missing else float(value), r.number)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return (STATE_ORDER.get(r.state, 9), 0, float(value), r.number)
+        return (STATE_ORDER.get(r.state, 9), 1, 0.0, r.number)
 
     chosen.sort(key=key)
     out = []

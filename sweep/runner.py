@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sweep import records
 from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, SweepError, UserError
@@ -184,7 +184,9 @@ def prepare_study(
         requeue_interrupted(study, enqueue=not changed)
         return study, False
 
-    directions = ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
+    directions: list[Literal["minimize", "maximize"]] = (
+        ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
+    )
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions)
     except optuna.exceptions.DuplicatedStudyError:
@@ -247,7 +249,8 @@ def default_workers() -> int:
     """The cores this process may use: its CPU affinity, capped by a cgroup (container) CPU quota."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
         if quota != "max":
             cores = min(cores, int(quota) // int(period))
     except (OSError, ValueError):

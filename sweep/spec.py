@@ -444,7 +444,9 @@ class WorkerSection(_Section):
     @field_validator("threads")
     @classmethod
     def _threads(cls, value: Any) -> int | str:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value == "auto":
+            return "auto"
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
         raise ValueError(f"got {value!r}; allowed: 'auto' or an integer >= 1")
 
@@ -650,9 +652,8 @@ def _field_path(loc: tuple[str, ...]) -> tuple[str, ...]:
     model: type[BaseModel] | None = StudySpec
     out: list[str] = []
     for part in loc:
-        if model is not None and part not in model.model_fields:
-            if out and model is not StudySpec:
-                break
+        if model is not None and part not in model.model_fields and out and model is not StudySpec:
+            break
         out.append(part)
         field = model.model_fields.get(part) if model else None
         annotation = field.annotation if field else None

@@ -683,7 +683,8 @@ def _check_reference(reference: Sequence[float] | None, n_repeats: int) -> tuple
 
 
 def _as_curves(curves: LossCurves, name: str) -> list[FloatArray]:
-    if isinstance(curves, str | bytes):
+    given: object = curves  # callers outside typed code may pass anything
+    if isinstance(given, str | bytes):
         raise ValueError(
             f"The '{name}' parameter of summarize must be a sequence of loss curves. "
             f"Got {curves!r} instead."

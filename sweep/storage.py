@@ -156,7 +156,7 @@ def open_storage(
                 if heartbeat_interval and max_retries > 0
                 else None
             )
-            storage = _heartbeat_tolerant_storage()(
+            storage: optuna.storages.RDBStorage = _heartbeat_tolerant_storage()(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -191,9 +191,10 @@ def _heartbeat_tolerant_storage() -> type:
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
     from optuna.trial import TrialState
+
     from sweep.outage import is_outage
 
-    class HeartbeatTolerantStorage(optuna.storages.RDBStorage):  # type: ignore[misc]
+    class HeartbeatTolerantStorage(optuna.storages.RDBStorage):
         _missed = False
 
         def record_heartbeat(self, trial_id: int) -> None:

@@ -118,7 +118,7 @@ def decide(event: Event, state: State, policy: Policy = Policy()) -> tuple[Decis
         return Decision(Kind.START_LATER, delay=delay, message=line), replace(
             state, outage_since=since, outage_tries=state.outage_tries + 1
         )
-    recent = tuple(t for t in state.crashes.get(slot, ()) if at - t < policy.crash_window_s) + (at,)
+    recent = (*(t for t in state.crashes.get(slot, ()) if at - t < policy.crash_window_s), at)
     crashes = {**state.crashes, slot: recent}
     how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
     if len(recent) >= policy.crash_limit:

@@ -13,6 +13,7 @@ Its exit codes and the lines it prints for the supervisor are in :mod:`sweep.pro
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import os
@@ -216,7 +217,7 @@ def run_worker(
                 _guarded(objective, signals),
                 n_trials=1,
                 catch=(TrialFailed,),
-                callbacks=[lambda _study, trial: finished.append(trial), _log_trial],
+                callbacks=[functools.partial(_collect, finished), _log_trial],
                 gc_after_trial=False,
             )
         except Exception as exc:  # Optuna's own step (ask, tell) met an outage: wait, then finish the trial
@@ -390,6 +391,10 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     else:
         detail = str(attrs.get(records.FAIL_REASON, "unknown reason"))
     log.info("trial %d %s: %s%s", trial.number, state.lower(), detail, took)
+
+
+def _collect(into: list[optuna.trial.FrozenTrial], study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    into.append(trial)
 
 
 def _failure_note(trial: optuna.Trial, reason: str) -> None:

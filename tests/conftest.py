@@ -96,7 +96,8 @@ def _server_database(env_var: str, dialect: str) -> Iterator[str]:
         with admin.connect() as conn:
             if dialect == "postgresql":
                 conn.execute(sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
                 ), {"n": name})
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()

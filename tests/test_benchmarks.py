@@ -77,7 +77,7 @@ def test_goals() -> None:
     assert at_most.describe() == "<= 1.05"
     assert Goal(">=", 1.4, "at least 1.4").describe() == "at least 1.4"
     assert Goal("<", 2.0).met(1.99) is True
-    with pytest.raises(ValueError, match="Goal.op: got '=='"):
+    with pytest.raises(ValueError, match=r"Goal\.op: got '=='"):
         Goal("==", 1.0)
 
 

@@ -57,7 +57,7 @@ def test_demo_sweep_runs_resumes_ranks_and_retrains(tmp_path: Path) -> None:
     assert len(trials) == 3
     for t in trials:
         assert t["state"] in ("COMPLETE", "PRUNED")
-        assert EIGHT <= set(t["params"])
+        assert set(t["params"]) >= EIGHT
         curves = t["attrs"]["curves"]
         assert len(curves["val_loss"]) >= 1 and all(1 <= len(c) <= 3 for c in curves["val_loss"])
         assert len(curves["loss"]) == len(curves["val_loss"])
@@ -72,11 +72,12 @@ def test_demo_sweep_runs_resumes_ranks_and_retrains(tmp_path: Path) -> None:
                                                "underfitting", "unstable_across_repeats"}
 
     listed = subprocess.run(
-        [str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "digits-lstm", "--storage", url, "-f", "json"],
+        [str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "digits-lstm",
+         "--storage", url, "-f", "json"],
         capture_output=True, text=True, check=True,
     )
     rows = json.loads(listed.stdout)
-    assert len(rows) == 3 and all(EIGHT <= set(r["params"]) for r in rows)
+    assert len(rows) == 3 and all(set(r["params"]) >= EIGHT for r in rows)
 
     again = run_cli("run", str(demo), "--n-trials", "5", *common, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -89,7 +90,7 @@ def test_demo_sweep_runs_resumes_ranks_and_retrains(tmp_path: Path) -> None:
 
     ranked = json.loads(run_cli("rank", "digits-lstm", "--storage", url, "--format", "json").stdout)
     assert ranked and [r["score"] for r in ranked] == sorted(r["score"] for r in ranked)
-    assert all(r["hint"] and EIGHT <= set(r["params"]) for r in ranked)
+    assert all(r["hint"] and set(r["params"]) >= EIGHT for r in ranked)
 
     out_dir = tmp_path / "best"
     best = run_cli("best", "digits-lstm", "--storage", url, "--retrain-seeds", "2", "--out", str(out_dir))
@@ -117,7 +118,8 @@ def test_typo_key_exits_2_and_creates_nothing(tmp_path: Path) -> None:
 def test_bad_data_exits_2_and_creates_nothing(tmp_path: Path) -> None:
     (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,nan,1\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(20)))
     study = write_study(tmp_path, family="dense")
-    text = study.read_text().replace('source = "digits"', 'source = "csv"\npath = "d.csv"\ntarget = "y"\ntask = "classification"')
+    csv = 'source = "csv"\npath = "d.csv"\ntarget = "y"\ntask = "classification"'
+    text = study.read_text().replace('source = "digits"', csv)
     study.write_text(text)
     db = tmp_path / "t.db"
     result = run_cli("run", str(study), "--storage", f"sqlite:///{db}")

@@ -25,7 +25,8 @@ SECRET = "pw-never-printed-4711"
 
 def cheap_study(folder: Path, *, name: str = "cheap", n_trials: int = 4, epochs: int = 2, extra: str = "") -> Path:
     path = write_study(folder, name=name, n_trials=n_trials, family="dense", epochs=epochs, extra=extra)
-    text = path.read_text().replace('source = "digits"', 'source = "breast_cancer"').replace("repeats = 2", "repeats = 1")
+    text = path.read_text().replace('source = "digits"', 'source = "breast_cancer"')
+    text = text.replace("repeats = 2", "repeats = 1")
     path.write_text(text)
     return path
 

@@ -47,7 +47,10 @@ LOW_BUT_WILD = ([[1.0, 0.6, 0.1, 0.1, 0.1, 0.1], [1.0, 0.6, 0.6, 0.6, 0.6, 0.6]]
 
 
 def _curves(val: list[list[float]], train: list[list[float]]) -> list[Curves]:
-    return [Curves(loss=tuple(u), val_loss=tuple(v), metric_name="", stop=Stop.COMPLETED) for v, u in zip(val, train)]
+    return [
+        Curves(loss=tuple(u), val_loss=tuple(v), metric_name="", stop=Stop.COMPLETED)
+        for v, u in zip(val, train, strict=True)
+    ]
 
 
 def make_study(url: str, tmp_path: Path, cases: list[tuple[str, tuple, TrialState]], name: str = "ranked"):
@@ -162,7 +165,7 @@ def test_status_counts_and_best(tmp_path: Path) -> None:
 def test_unknown_study_lists_existing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     make_study(url, tmp_path, CASES)
-    with pytest.raises(StudyNotFoundError, match="study 'nope' not found .* studies there: ranked"):
+    with pytest.raises(StudyNotFoundError, match=r"study 'nope' not found .* studies there: ranked"):
         rank("nope", url=url)
 
 
@@ -186,7 +189,8 @@ def test_rank_cli_formats(tmp_path: Path) -> None:
     assert first.startswith("1,3,COMPLETE,")
     table = run_cli("rank", "ranked", "--storage", url)
     assert table.returncode == 0, table.stderr
-    assert "overfitting" in table.stdout and "#2 overfitting: validation loss over the last 5 epochs sits" in table.stdout
+    assert "overfitting" in table.stdout
+    assert "#2 overfitting: validation loss over the last 5 epochs sits" in table.stdout
     bad = run_cli("rank", "ranked", "--storage", url, "--format", "xml")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: --format: got 'xml'; allowed: table, json, csv"

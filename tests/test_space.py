@@ -230,7 +230,8 @@ def int_ranges(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def rate_ranges(draw: st.DrawFn) -> dict[str, Any]:
     low = draw(st.floats(min_value=1e-8, max_value=1.0, allow_nan=False, allow_infinity=False))
-    high = draw(st.floats(min_value=low, max_value=10.0, allow_nan=False, allow_infinity=False).filter(lambda h: h > low))
+    above = st.floats(min_value=low, max_value=10.0, allow_nan=False, allow_infinity=False)
+    high = draw(above.filter(lambda h: h > low))
     return {"low": low, "high": high, "log": draw(st.booleans())}
 
 

@@ -118,7 +118,8 @@ BAD_SECTIONS: list[tuple[str, dict[str, str | None], str, list[str]]] = [
     ),
     ("string-for-int", {"training": 'max_epochs = "ten"'}, "training.max_epochs", ["got 'ten'", "integer"]),
     ("float-for-int", {"training": "max_epochs = 2.5"}, "training.max_epochs", ["got 2.5", "integer"]),
-    ("int-below-minimum", {"training": "max_epochs = 0"}, "training.max_epochs", ["got 0", "greater than or equal to 1"]),
+    ("int-below-minimum", {"training": "max_epochs = 0"}, "training.max_epochs",
+     ["got 0", "greater than or equal to 1"]),
     (
         "empty-range",
         {"search": "units = { low = 8, high = 8 }"},
@@ -496,7 +497,9 @@ def test_update_can_supply_the_missing_budget(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- data paths
 
 
-def test_relative_data_path_is_resolved_against_the_study_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_data_path_is_resolved_against_the_study_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -273,7 +273,7 @@ CASES: dict[str, tuple[Curves, Curves | None, Diagnosis, tuple[str, ...]]] = {
         ("lower the learning rate", "training loss rose too"),
     ),
     "diverged_by_nan": (
-        [FALLING[:5] + [math.nan]],
+        [[*FALLING[:5], math.nan]],
         None,
         Diagnosis.DIVERGED,
         ("lower the learning rate", "LayerNormalization", "clipping", "NaN"),
@@ -374,7 +374,7 @@ def test_overflowing_finite_losses_diverge(vals: Curves, risk: float) -> None:
 
 def test_every_diagnosis_has_a_hint_and_a_rule() -> None:
     assert set(HINTS) == set(Diagnosis)
-    assert [d for d, _ in RULES][0] is Diagnosis.DIVERGED
+    assert RULES[0][0] is Diagnosis.DIVERGED
     assert [d for d, _ in RULES][-1] is Diagnosis.STABLE
     assert {d for d, _ in RULES} == set(Diagnosis) - {Diagnosis.PRUNED}  # set by the objective
     assert [d.value for d in Diagnosis] == [d.name.lower() for d in Diagnosis]

@@ -53,7 +53,10 @@ STARTED = datetime.datetime(2026, 3, 1, 12, 30, 15, 123456)
 
 
 def _curves(val: list[list[float]], train: list[list[float]]) -> list[Curves]:
-    return [Curves(loss=tuple(u), val_loss=tuple(v), metric_name="", stop=Stop.COMPLETED) for v, u in zip(val, train)]
+    return [
+        Curves(loss=tuple(u), val_loss=tuple(v), metric_name="", stop=Stop.COMPLETED)
+        for v, u in zip(val, train, strict=True)
+    ]
 
 
 def make_source(url: str, tmp_path: Path, name: str = "alpha", *, pareto: bool = False) -> optuna.Study:
@@ -204,7 +207,7 @@ def test_round_trip_keeps_every_trial_and_study_field(source: tuple[str, optuna.
     assert [t.state for t in after] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] + [TrialState.FAIL] * 2 + [
         TrialState.RUNNING, TrialState.WAITING]
     assert len(after) == len(before)
-    for a, b in zip(before, after):
+    for a, b in zip(before, after, strict=True):
         assert _fields(b) == _fields(a), f"trial {a.number}"
         assert _close_enough(b.datetime_start, a.datetime_start, whole_seconds=whole_seconds), a.number
         assert _close_enough(b.datetime_complete, a.datetime_complete, whole_seconds=whole_seconds), a.number
@@ -307,7 +310,7 @@ def test_same_source_and_destination_is_refused(source: tuple[str, optuna.Study]
 
 def test_server_urls_naming_one_database_are_the_same(postgres_url: str) -> None:
     with_password = sa.engine.make_url(postgres_url).set(password=PASSWORD, host="localhost")
-    with pytest.raises(UserError, match="^source and destination are the same storage") as info:
+    with pytest.raises(UserError, match=r"^source and destination are the same storage") as info:
         copy_studies(from_url=postgres_url, to_url=with_password.render_as_string(hide_password=False))
     assert PASSWORD not in str(info.value)
 
@@ -328,7 +331,7 @@ def test_missing_sqlite_source_is_an_error_not_a_new_file(tmp_path: Path) -> Non
         copy_studies(from_url=f"sqlite:///{missing}", to_url=f"sqlite:///{tmp_path / 'dest.db'}")
     assert str(info.value) == f"source storage sqlite:///{missing}: SQLite file '{missing}' does not exist"
     assert not missing.exists() and not (tmp_path / "dest.db").exists()
-    with pytest.raises(UserError, match="^destination storage: got an empty URL; allowed: sqlite:///FILE"):
+    with pytest.raises(UserError, match=r"^destination storage: got an empty URL; allowed: sqlite:///FILE"):
         copy_studies(from_url=f"sqlite:///{missing}", to_url=" ")
 
 
