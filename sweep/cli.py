@@ -154,36 +154,18 @@ def worker(
 ) -> None:
     """Join an existing study from any machine; the spec is read from the storage."""
     with _errors():
-        import time
-
-        from sweep import records
-        from sweep.runner import open_sweep, supervise, supervisor_policy, threads_per_worker
+        from sweep.runner import join_sweep, plan_join
         from sweep.spec import parse_duration
         from sweep.storage import resolve_url
 
-        url = resolve_url(storage)
-        study, spec = open_sweep(study_name, url)
-        target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
         try:
             seconds = parse_duration(timeout)
         except ValueError as exc:
             raise UserError(f"--timeout: {exc}") from None
-        if seconds is None and target is None:
-            # A study with a time limit and no trial count: the limit applies to this worker too.
-            seconds = spec.study.timeout
         n_workers = _parse_workers(workers)
-        with _progress_bar(target, quiet=quiet) as (on_progress, on_output):
-            supervise(
-                study_name=study_name,
-                url=url,
-                target=target,
-                deadline=time.time() + seconds if seconds else None,
-                workers=n_workers,
-                threads=threads_per_worker(spec, n_workers),
-                on_progress=on_progress,
-                on_output=on_output,
-                policy=supervisor_policy(spec),
-            )
+        join = plan_join(study_name, resolve_url(storage), n_trials=n_trials, timeout_s=seconds, workers=n_workers)
+        with _progress_bar(join.target, quiet=quiet) as (on_progress, on_output):
+            join_sweep(join, on_progress=on_progress, on_output=on_output)
 
 
 @app.command()
@@ -358,8 +340,8 @@ def dashboard(
 ) -> None:
     """Open optuna-dashboard on the sweep's storage, with learning-curve artifacts wired in."""
     with _errors():
-        from sweep.dashboard import default_artifacts, serve
-        from sweep.storage import mask, resolve_url
+        from sweep.dashboard import serve
+        from sweep.storage import default_artifacts, mask, resolve_url
 
         if study_file is not None:
             from sweep.spec import load_spec

@@ -30,7 +30,15 @@ from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, 
 from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, spec_from_dict
-from sweep.storage import load_study, mask, open_storage, resolve_url
+from sweep.storage import (
+    default_artifacts,
+    load_study,
+    mask,
+    open_storage,
+    open_sweep,
+    resolve_url,
+    storage_options,
+)
 from sweep.supervisor import Connected, Exited, Kind, Policy, State, decide
 
 if TYPE_CHECKING:
@@ -66,38 +74,12 @@ class SweepResult:
 # --------------------------------------------------------------------------- opening
 
 
-def storage_options(spec: StudySpec) -> dict[str, Any]:
-    w = spec.worker
-    return {
-        "heartbeat_interval": w.heartbeat_interval,
-        "grace_period": w.grace_period,
-        "max_retries": w.max_retries,
-    }
-
-
-def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
-    """Load a study created by ``sweep run`` and its stored spec.
-
-    Raises:
-        StudyNotFoundError: no such study.
-        UserError: the study was not created by ``sweep`` (no stored spec).
-    """
-    study = load_study(study_name, url)
-    raw = study.user_attrs.get(records.SPEC)
-    if raw is None:
-        raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
-    spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
-    return load_study(study_name, url, **storage_options(spec)), spec
-
-
 def _load_data(spec: StudySpec) -> Any:
     """Load and check the data (and its fit with the model family and the splits)."""
-    from sweep.data import load_dataset, make_splits
-    from sweep.model import check_family
-    from sweep.objective import model_shape, repeat_seed
-    from sweep.worker import data_kwargs
+    from sweep.data import data_kwargs, load_dataset, make_splits, repeat_seed
+    from sweep.model import check_family, model_shape
 
-    dataset = load_dataset(**data_kwargs(spec))
+    dataset = load_dataset(**data_kwargs(spec.data))
     check_family(spec.model.family, model_shape(dataset), data_name=spec.data.path or spec.data.source)
     make_splits(
         dataset,
@@ -281,7 +263,6 @@ def run_sweep(
     SIGINT/SIGTERM once every worker has ended its trial as FAIL
     ``interrupted``.
     """
-    from sweep.dashboard import default_artifacts
 
     url = resolve_url(storage, spec.study.storage)
     spec = spec.with_artifacts(default_artifacts(url))
@@ -341,6 +322,67 @@ def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | 
     """The complete trial with the lowest stability score (also for Pareto studies)."""
     complete = [t for t in trials if t.state.name == "COMPLETE" and isinstance(t.user_attrs.get("score"), float)]
     return min(complete, key=lambda t: t.user_attrs["score"]) if complete else None
+
+
+@dataclass(frozen=True)
+class Join:
+    """What ``sweep worker`` runs: an existing study, its target and deadline, and the workers for it."""
+
+    study_name: str
+    url: str
+    target: int | None
+    deadline: float | None
+    workers: int
+    threads: int
+    policy: Policy
+
+
+def plan_join(
+    study_name: str, url: str, *, n_trials: int | None = None, timeout_s: float | None = None, workers: int = 1
+) -> Join:
+    """Read an existing study's spec from the storage, and plan workers that join it.
+
+    ``n_trials`` is the study's total (default: the target stored by ``sweep run``);
+    ``timeout_s`` stops starting trials after that long (default: the study's own time
+    limit when it has no trial count).
+
+    Raises:
+        StudyNotFoundError: no such study.
+        UserError: the study was not created by ``sweep run``.
+    """
+    study, spec = open_sweep(study_name, url)
+    target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
+    if timeout_s is None and target is None:
+        timeout_s = spec.study.timeout  # a study with a time limit and no trial count
+    return Join(
+        study_name=study_name,
+        url=url,
+        target=target,
+        deadline=time.time() + timeout_s if timeout_s else None,
+        workers=workers,
+        threads=threads_per_worker(spec, workers),
+        policy=supervisor_policy(spec),
+    )
+
+
+def join_sweep(
+    join: Join,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_output: Callable[[int, str], None] | None = None,
+) -> None:
+    """Run ``join.workers`` workers on the study until its target or deadline (see :func:`supervise`)."""
+    supervise(
+        study_name=join.study_name,
+        url=join.url,
+        target=join.target,
+        deadline=join.deadline,
+        workers=join.workers,
+        threads=join.threads,
+        on_progress=on_progress,
+        on_output=on_output,
+        policy=join.policy,
+    )
 
 
 def supervisor_policy(spec: StudySpec) -> Policy:

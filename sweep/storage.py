@@ -16,8 +16,9 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep import records
 from sweep.errors import StorageError, StudyNotFoundError, SweepError, UserError
-from sweep.spec import DEFAULT_STORAGE
+from sweep.spec import DEFAULT_STORAGE, StudySpec, spec_from_dict
 
 if TYPE_CHECKING:
     import optuna
@@ -90,6 +91,37 @@ def _normalise(url: str) -> str:
             "or kept after the run; allowed: sqlite:///FILE"
         )
     return url
+
+
+def default_artifacts(url: str) -> str | None:
+    """Where artifacts go when the study file does not say: beside a SQLite file, else nowhere."""
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    return str(path.resolve().with_name(path.stem + "-artifacts")) if path is not None else None
+
+
+def storage_options(spec: StudySpec) -> dict[str, Any]:
+    """The :func:`open_storage` settings a study's ``[worker]`` section gives (heartbeats, retries)."""
+    w = spec.worker
+    return {
+        "heartbeat_interval": w.heartbeat_interval,
+        "grace_period": w.grace_period,
+        "max_retries": w.max_retries,
+    }
+
+
+def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
+    """Load a study created by ``sweep run`` and its stored spec.
+
+    Raises:
+        StudyNotFoundError: no such study.
+        UserError: the study was not created by ``sweep`` (no stored spec).
+    """
+    study = load_study(study_name, url)
+    raw = study.user_attrs.get(records.SPEC)
+    if raw is None:
+        raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
+    spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
+    return load_study(study_name, url, **storage_options(spec)), spec
 
 
 def open_storage(

@@ -34,7 +34,6 @@ from sweep.dashboard import (
     STUDY_FIGURE_ID,
     TOP_IN_NOTE,
     artifact_store,
-    default_artifacts,
     guarded,
     plot_curves,
     refresh_study,
@@ -44,11 +43,12 @@ from sweep.dashboard import (
     write_failure_note,
     write_trial,
 )
-from sweep.objective import TrialOutcome, curves_attr
+from sweep.objective import curves_attr
 from sweep.report import RankedTrial
 from sweep.spec import StudySpec, load_spec
 from sweep.stability import Diagnosis, summarize
-from sweep.train import Curves, Stop
+from sweep.storage import default_artifacts
+from sweep.train import Curves, Stop, TrialOutcome
 from tests.conftest import ROOT, run_cli, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
