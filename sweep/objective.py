@@ -165,9 +165,8 @@ class Objective:
         last = curves[-1]
         diverged = last.stop is Stop.DIVERGED or not math.isfinite(summary.score)
         if diverged:
-            attrs[records.FAIL_REASON] = (
-                f"{records.DIVERGED_PREFIX}: non-finite loss at epoch {last.epochs} of repeat {len(curves) - 1}"
-            )
+            where = f"non-finite loss at epoch {last.epochs} of repeat {len(curves) - 1}"
+            attrs[records.FAIL_REASON] = records.FailReason.DIVERGED.reason(where)
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
         for key in attrs:

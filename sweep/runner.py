@@ -215,7 +215,8 @@ def requeue_interrupted(study: optuna.Study, *, enqueue: bool = True) -> list[in
     again = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get(records.FAIL_REASON) == "interrupted" and t.number not in done
+        if records.FailReason.of(t.user_attrs.get(records.FAIL_REASON)) is records.FailReason.INTERRUPTED
+        and t.number not in done
     ]
     for t in again if enqueue else []:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)

@@ -29,6 +29,7 @@ from sweep import records
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
 from sweep.outage import OutageTimeout, gave_up, is_outage
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
+from sweep.records import FailReason
 
 if TYPE_CHECKING:
     import optuna
@@ -131,7 +132,8 @@ def run_worker(
         if retry_of is not None and any(
             t.user_attrs.get("retry_of") == retry_of and t.number < trial.number for t in trials
         ):
-            trial.set_user_attr(records.FAIL_REASON, f"surplus: trial {retry_of} was already queued again")
+            surplus = FailReason.SURPLUS.reason(f"trial {retry_of} was already queued again")
+            trial.set_user_attr(records.FAIL_REASON, surplus)
             raise _Surplus(f"trial {retry_of} was queued again by two processes at once")
         if target is None:
             return
@@ -141,7 +143,7 @@ def run_worker(
             if t.number < trial.number and (records.counts_toward_target(t) or t.state.name == "RUNNING")
         )
         if ahead >= target:
-            trial.set_user_attr(records.FAIL_REASON, "surplus: the study had reached its target")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.SURPLUS.reason("the study had reached its target"))
             raise _Surplus("the study reached its target while this trial was being created")
 
     notes = (
@@ -188,7 +190,7 @@ def run_worker(
         trial = finished[-1] if finished else None
         if trial is not None and trial.state.name == "FAIL" and not records.counts_toward_target(trial):
             reason = trial.user_attrs.get(records.FAIL_REASON, "unknown")
-            if not str(reason).startswith("surplus"):
+            if FailReason.of(reason) is not FailReason.SURPLUS:
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise FatalError(
@@ -365,7 +367,7 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             signals.check()
             return objective(trial)
         except Interrupted:
-            trial.set_user_attr(records.FAIL_REASON, "interrupted")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.INTERRUPTED.reason())
             _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
                           "queued again when the study is resumed.")
             raise
@@ -374,15 +376,16 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
         except _storage_errors() as exc:
             if is_outage(exc):
                 raise
-            reason = f"error: storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"[:500]
+            detail = f"storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            reason = FailReason.ERROR.reason(detail)[:500]
             trial.set_user_attr(records.FAIL_REASON, reason)
             raise TrialFailed(reason) from exc
         except SweepError as exc:
-            trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.ERROR.reason(str(exc)))
             _failure_note(trial, f"Error: {exc}")
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:
-            reason = f"error: {type(exc).__name__}: {exc}"[:500]
+            reason = FailReason.ERROR.reason(f"{type(exc).__name__}: {exc}")[:500]
             trial.set_user_attr(records.FAIL_REASON, reason)
             _failure_note(trial, reason)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc

@@ -49,7 +49,7 @@ from sweep.spec import StudySpec, load_spec
 from sweep.stability import Diagnosis, summarize
 from sweep.storage import default_artifacts
 from sweep.train import Curves, Stop, TrialOutcome
-from tests.conftest import ROOT, run_cli, write_study
+from tests.helpers import ROOT, run_cli, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
