@@ -117,6 +117,37 @@ def counts(state: str, fail_reason: Any) -> bool:
     return state == "FAIL" and FailReason.of(fail_reason) is FailReason.DIVERGED
 
 
+@dataclass(frozen=True)
+class Tally:
+    """A study's trials counted once, the same way everywhere."""
+
+    done: int
+    """Trials that used up one of the study's ``n_trials`` (see :func:`counts_toward_target`)."""
+    running: int
+    failed: int
+
+
+def tally(trials: Iterable[FrozenTrial]) -> Tally:
+    done = running = failed = 0
+    for t in trials:
+        done += counts_toward_target(t)
+        running += t.state.name == "RUNNING"
+        failed += t.state.name == "FAIL"
+    return Tally(done=done, running=running, failed=failed)
+
+
+def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The complete trial with the lowest finite stability score (also for Pareto studies), if any."""
+    scored = [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE"
+        and isinstance(t.user_attrs.get("score"), int | float)
+        and math.isfinite(t.user_attrs["score"])
+    ]
+    return min(scored, key=lambda t: (t.user_attrs["score"], t.number)) if scored else None
+
+
 def summary_attrs(summary: Summary) -> dict[str, Any]:
     """The stability summary as user attrs: numbers as numbers, ``None`` for non-finite."""
     out: dict[str, Any] = {}

@@ -281,7 +281,7 @@ def run_sweep(
         except OutageTimeout as exc:
             raise StorageError(str(exc)) from None
         prepared.append(study)
-        done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+        done = records.tally(study.get_trials(deepcopy=False)).done
         if on_start is not None:
             verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
             on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
@@ -307,22 +307,16 @@ def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    best = _best(trials)
+    best = records.best_trial(trials)
     return SweepResult(
         study_name=study.study_name,
         storage=mask(url),
         target=study.user_attrs.get(records.TARGET),
         counts=counts,
-        done=sum(records.counts_toward_target(t) for t in trials),
+        done=records.tally(trials).done,
         best_number=best.number if best else None,
         best_value=best.user_attrs["score"] if best else None,
     )
-
-
-def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    """The complete trial with the lowest stability score (also for Pareto studies)."""
-    complete = [t for t in trials if t.state.name == "COMPLETE" and isinstance(t.user_attrs.get("score"), float)]
-    return min(complete, key=lambda t: t.user_attrs["score"]) if complete else None
 
 
 @dataclass(frozen=True)
@@ -598,13 +592,13 @@ def _report(
     except Exception as exc:  # the progress bar must never stop a sweep; workers handle outages
         log.debug("progress not read: %s", type(exc).__name__)
         return
-    best = _best(trials)
+    best = records.best_trial(trials)
     on_progress(
         Progress(
-            done=sum(records.counts_toward_target(t) for t in trials),
+            done=(counted := records.tally(trials)).done,
             target=target,
-            running=sum(t.state.name == "RUNNING" for t in trials),
-            failed=sum(t.state.name == "FAIL" for t in trials),
+            running=counted.running,
+            failed=counted.failed,
             best_value=best.user_attrs["score"] if best else None,
             best_number=best.number if best else None,
             elapsed=time.time() - started,

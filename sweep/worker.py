@@ -246,10 +246,8 @@ def work_after_two_more(study: optuna.Study, target: int | None) -> bool:
     """
     if target is None:
         return True
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(records.counts_toward_target(t) for t in trials)
-    running = sum(t.state.name == "RUNNING" for t in trials)
-    return target - counted - running > 2 * max(1, running)
+    counted = records.tally(study.get_trials(deepcopy=False))
+    return target - counted.done - counted.running > 2 * max(1, counted.running)
 
 
 @dataclass
@@ -405,12 +403,10 @@ def _has_room(
             return False
         if target is None:
             return True
-        trials = study.get_trials(deepcopy=False)
-        counted = sum(records.counts_toward_target(t) for t in trials)
-        if counted >= target:
+        counted = records.tally(study.get_trials(deepcopy=False))
+        if counted.done >= target:
             return False
-        running = sum(t.state.name == "RUNNING" for t in trials)
-        if counted + running < target or not wait:
+        if counted.done + counted.running < target or not wait:
             return True
         fail_stale_trials(study)
         time.sleep(POLL_S)

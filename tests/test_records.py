@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 
 from sweep import records
@@ -85,3 +86,27 @@ def test_stored_curves_round_trip_and_rescore() -> None:
     assert bold["score"] == pytest.approx(bold["tail_mean"])
     assert cautious["score"] == pytest.approx(cautious["tail_mean"] + 2.0 * cautious["tail_std"])
     assert cautious["tail_std"] > 0
+
+
+def test_tally_and_best_trial_count_each_trial_once() -> None:
+    from optuna.trial import TrialState, create_trial
+
+    def trial(number: int, state: TrialState, **attrs: object) -> optuna.trial.FrozenTrial:
+        t = create_trial(state=state, value=1.0 if state is TrialState.COMPLETE else None, user_attrs=attrs)
+        t.number = number
+        return t
+
+    trials = [
+        trial(0, TrialState.COMPLETE, score=0.5),
+        trial(1, TrialState.COMPLETE, score=0.3),
+        trial(2, TrialState.COMPLETE, score=math.nan),  # a non-finite score is never the best
+        trial(3, TrialState.COMPLETE),  # no score (written by another tool)
+        trial(4, TrialState.PRUNED, score=0.1),  # pruned trials are never the best
+        trial(5, TrialState.FAIL, fail_reason="diverged: non-finite loss at epoch 1 of repeat 0"),
+        trial(6, TrialState.FAIL, fail_reason="interrupted"),
+        trial(7, TrialState.RUNNING),
+    ]
+    assert records.tally(trials) == records.Tally(done=6, running=1, failed=2)
+    best = records.best_trial(trials)
+    assert best is not None and best.number == 1
+    assert records.best_trial(trials[2:4]) is None
