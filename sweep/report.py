@@ -16,9 +16,9 @@ from typing import Any
 
 from sweep import records
 from sweep.errors import StudyNotFoundError, UserError
-from sweep.spec import PARAM_NAMES, StudySpec, spec_from_dict
+from sweep.spec import PARAM_NAMES
 from sweep.stability import Diagnosis, judge_spread, residual_spread, split_reference, window_words
-from sweep.storage import load_study, mask, read_engine, storage_error
+from sweep.storage import load_study, mask, read_engine, storage_error, stored_spec
 
 NUMERIC_FIELDS: tuple[str, ...] = (
     "score",
@@ -175,19 +175,12 @@ def rank(
     keys = _KEYS + ((records.CURVES,) if rescore else ())
     rows = _read_rows(study, keys=keys)
     if rescore:
-        spec = _stored_spec(study)
+        spec = stored_spec(study.name, study.user_attrs)
         tail = tail or spec.stability.tail
         rows = [_rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail) for r in rows]
     rows = _judge_spreads(rows, study, tail=tail)
     ranked = _rank_rows(rows, by=by, include_all=include_all)
     return ranked[:top] if top else ranked
-
-
-def _stored_spec(study: _Study) -> StudySpec:
-    raw = study.user_attrs.get(records.SPEC)
-    if raw is None:
-        raise UserError(f"study {study.name!r} has no sweep spec; it was not created by 'sweep run'")
-    return spec_from_dict(raw, source=f"stored spec of {study.name!r}")
 
 
 def _rescore(row: TrialRow, *, risk: float, tail: int) -> TrialRow:
@@ -214,7 +207,7 @@ def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = No
     raw_spec = study.user_attrs.get(records.SPEC)
     if not isinstance(raw_spec, dict):
         return rows
-    spec = _stored_spec(study)
+    spec = stored_spec(study.name, study.user_attrs)
     repeats, tail = spec.training.repeats, tail or spec.stability.tail
     complete = [r for r in rows if r.state == "COMPLETE" and isinstance(r.attrs.get("repeat_means"), list)]
     reference = split_reference([r.attrs["repeat_means"] for r in complete], n_repeats=repeats)

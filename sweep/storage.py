@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,11 +118,21 @@ def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
         UserError: the study was not created by ``sweep`` (no stored spec).
     """
     study = load_study(study_name, url)
-    raw = study.user_attrs.get(records.SPEC)
+    spec = stored_spec(study_name, study.user_attrs)
+    return load_study(study_name, url, **storage_options(spec)), spec
+
+
+def stored_spec(study_name: str, user_attrs: Mapping[str, Any]) -> StudySpec:
+    """The spec ``sweep run`` stored in a study's user attrs.
+
+    Raises:
+        UserError: the study was not created by ``sweep run`` (no stored spec).
+        SpecError: the stored spec is not valid (written by hand, or by an incompatible version).
+    """
+    raw = user_attrs.get(records.SPEC)
     if raw is None:
         raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
-    spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
-    return load_study(study_name, url, **storage_options(spec)), spec
+    return spec_from_dict(raw, source=f"stored spec of {study_name!r}")
 
 
 def open_storage(
@@ -348,11 +359,19 @@ def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file behind a ``sqlite:///FILE`` URL (None for in-memory databases)."""
-    rest = url.split(":///", 1)[1] if ":///" in url else ""
-    if not rest or rest.startswith(":memory:"):
+    """The file behind a SQLite URL; None for another storage, an in-memory database or a ``file:`` URI."""
+    if not url.startswith("sqlite"):
         return None
-    return Path(rest.split("?", 1)[0])
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _enable_wal(path: Path) -> None:
