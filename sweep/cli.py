@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,6 +354,9 @@ def dashboard(
             url = resolve_url(storage)
             location = artifacts or _stored_artifacts(url) or default_artifacts(url)
         err.print(f"optuna-dashboard on {mask(url)}" + (f", artifacts in {location}" if location else ""), markup=False)
+        # SIGTERM (docker stop, a Kubernetes pod deleted) stops the server like Ctrl-C; without a
+        # handler, a process that runs as PID 1 in a container would ignore it.
+        signal.signal(signal.SIGTERM, _stop_serving)
         try:
             serve(url, host=host, port=port, artifacts=location, on_ready=lambda link: out.print(link, markup=False))
         except KeyboardInterrupt:
@@ -360,6 +364,10 @@ def dashboard(
         except OSError as exc:
             raise UserError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         err.print("stopped")
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stored_artifacts(url: str) -> str | None:

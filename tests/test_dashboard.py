@@ -490,6 +490,32 @@ def _stop(proc: subprocess.Popen[str]) -> int:
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_dashboard_cleanly(tmp_path: Path) -> None:
+    """docker stop and a deleted Kubernetes pod send SIGTERM: the server stops at once, exit 0."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    result = run_cli("run", str(write_study(tmp_path, n_trials=1, epochs=1)), "--storage", url, "-q")
+    assert result.returncode == 0, result.stderr
+    port = _free_port()
+    err_log = tmp_path / "dashboard.err"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SWEEP_STORAGE", None)
+    with err_log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", "dashboard", "--storage", url, "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/dashboard", proc, err_log)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)  # without a handler it would die at once with -15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, err_log.read_text()
+    assert err_log.read_text().rstrip().endswith("stopped")
+
+
+@pytest.mark.slow
 def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path: Path) -> None:
     sync_playwright, chromium = _browser()
     db = tmp_path / "d.db"

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweep import records
 from tests.helpers import ROOT, cheap_study, free_port, port_open, run_cli, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
@@ -77,9 +78,9 @@ def test_killed_worker_trial_fails_after_grace_and_is_retried(postgres_url: str,
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim = _wait_for_training(postgres_url, "killed")
-        pids = worker_pids("killed")
-        assert len(pids) == 1
-        os.kill(pids[0], signal.SIGKILL)
+        pid = int(str(victim.user_attrs[records.WORKER]).rsplit(":", 1)[1])  # host:pid of the worker training it
+        assert pid in worker_pids("killed")
+        os.kill(pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
