@@ -113,14 +113,13 @@ def probe(study_file: str, *, trials: int, threads: int) -> dict[str, Any]:
     from sweep.train import configure_threads
 
     configure_threads(threads)
-    from sweep.data import load_dataset
+    from sweep.data import data_kwargs, load_dataset
     from sweep.objective import Objective
     from sweep.space import Hyperparams
     from sweep.spec import load_spec
-    from sweep.worker import data_kwargs
 
     spec = load_spec(study_file)
-    objective = Objective(spec, load_dataset(**data_kwargs(spec)))
+    objective = Objective(spec, load_dataset(**data_kwargs(spec.data)))
     before = rss_mb()
     samples: list[float] = []
     seconds: list[float] = []

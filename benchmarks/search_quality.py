@@ -553,7 +553,7 @@ def _setup(plan: Plan, *, threads: int = 1) -> _Env:
 
     from benchmarks.harness import space_json
     from sweep.data import load_dataset, make_splits, prepare
-    from sweep.objective import model_shape
+    from sweep.model import model_shape
     from sweep.spec import load_spec
 
     keras.utils.set_random_seed(plan.seed)

@@ -113,12 +113,11 @@ def epoch_probe(study_file: str, *, epochs: int, rounds: int, threads: int) -> d
     from sweep.space import Hyperparams
     from sweep.spec import load_spec
     from sweep.train import fit_repeat, release
-    from sweep.worker import data_kwargs
 
     spec = load_spec(study_file)
-    from sweep.data import load_dataset
+    from sweep.data import data_kwargs, load_dataset
 
-    objective = Objective(spec, load_dataset(**data_kwargs(spec)))
+    objective = Objective(spec, load_dataset(**data_kwargs(spec.data)))
     data, shape = objective.prepared[0], objective.shape
     params = Hyperparams.from_params(PROBE_PARAMS)
     seed = spec.study.seed  # repeat 0's seed, as Objective.train uses

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,36 +155,18 @@ def worker(
 ) -> None:
     """Join an existing study from any machine; the spec is read from the storage."""
     with _errors():
-        import time
-
-        from sweep import records
-        from sweep.runner import open_sweep, supervise, supervisor_policy, threads_per_worker
+        from sweep.runner import join_sweep, plan_join
         from sweep.spec import parse_duration
         from sweep.storage import resolve_url
 
-        url = resolve_url(storage)
-        study, spec = open_sweep(study_name, url)
-        target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
         try:
             seconds = parse_duration(timeout)
         except ValueError as exc:
             raise UserError(f"--timeout: {exc}") from None
-        if seconds is None and target is None:
-            # A study with a time limit and no trial count: the limit applies to this worker too.
-            seconds = spec.study.timeout
         n_workers = _parse_workers(workers)
-        with _progress_bar(target, quiet=quiet) as (on_progress, on_output):
-            supervise(
-                study_name=study_name,
-                url=url,
-                target=target,
-                deadline=time.time() + seconds if seconds else None,
-                workers=n_workers,
-                threads=threads_per_worker(spec, n_workers),
-                on_progress=on_progress,
-                on_output=on_output,
-                policy=supervisor_policy(spec),
-            )
+        join = plan_join(study_name, resolve_url(storage), n_trials=n_trials, timeout_s=seconds, workers=n_workers)
+        with _progress_bar(join.target, quiet=quiet) as (on_progress, on_output):
+            join_sweep(join, on_progress=on_progress, on_output=on_output)
 
 
 @app.command()
@@ -358,8 +341,8 @@ def dashboard(
 ) -> None:
     """Open optuna-dashboard on the sweep's storage, with learning-curve artifacts wired in."""
     with _errors():
-        from sweep.dashboard import default_artifacts, serve
-        from sweep.storage import mask, resolve_url
+        from sweep.dashboard import serve
+        from sweep.storage import default_artifacts, mask, resolve_url
 
         if study_file is not None:
             from sweep.spec import load_spec
@@ -371,6 +354,9 @@ def dashboard(
             url = resolve_url(storage)
             location = artifacts or _stored_artifacts(url) or default_artifacts(url)
         err.print(f"optuna-dashboard on {mask(url)}" + (f", artifacts in {location}" if location else ""), markup=False)
+        # SIGTERM (docker stop, a Kubernetes pod deleted) stops the server like Ctrl-C; without a
+        # handler, a process that runs as PID 1 in a container would ignore it.
+        signal.signal(signal.SIGTERM, _stop_serving)
         try:
             serve(url, host=host, port=port, artifacts=location, on_ready=lambda link: out.print(link, markup=False))
         except KeyboardInterrupt:
@@ -378,6 +364,10 @@ def dashboard(
         except OSError as exc:
             raise UserError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         err.print("stopped")
+
+
+def _stop_serving(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _stored_artifacts(url: str) -> str | None:

@@ -25,8 +25,8 @@ from sweep.errors import UserError
 if TYPE_CHECKING:
     import optuna
 
-    from sweep.objective import TrialOutcome
     from sweep.spec import StudySpec
+    from sweep.train import TrialOutcome
 
 log = logging.getLogger("sweep.dashboard")
 
@@ -45,14 +45,6 @@ def guarded(what: str) -> Iterator[None]:
         raise
     except Exception as exc:  # a broken store or figure must not cost the trial
         log.warning("dashboard: could not write %s: %s: %s", what, type(exc).__name__, exc)
-
-
-def default_artifacts(url: str) -> str | None:
-    """Where artifacts go when the study file does not say: beside a SQLite file, else nowhere."""
-    from sweep.storage import sqlite_path
-
-    path = sqlite_path(url) if url.startswith("sqlite") else None
-    return str(path.resolve().with_name(path.stem + "-artifacts")) if path is not None else None
 
 
 def artifact_store(location: str | None) -> Any:

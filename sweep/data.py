@@ -18,11 +18,14 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sweep.errors import DataError
+
+if TYPE_CHECKING:
+    from sweep.spec import DataSection
 
 __all__ = [
     "PAD_VALUE",
@@ -32,11 +35,14 @@ __all__ = [
     "Split",
     "Task",
     "baseline_loss",
+    "check_fingerprint",
+    "data_kwargs",
     "describe",
     "fingerprint",
     "load_dataset",
     "make_splits",
     "prepare",
+    "repeat_seed",
 ]
 
 
@@ -852,6 +858,11 @@ def _too_few(n: int, fraction: float) -> DataError:
     )
 
 
+def repeat_seed(base: int | None, repeat: int) -> int:
+    """The seed of repeat ``repeat``: its split and its training both use it (``base + repeat``)."""
+    return (0 if base is None else base) + repeat
+
+
 def make_splits(ds: Dataset, *, n_splits: int, validation_fraction: float = 0.2, seed: int = 0) -> list[Split]:
     """Train/validation splits: one holdout, or ``n_splits`` repeats on different rows.
 
@@ -1073,3 +1084,34 @@ def baseline_loss(data: Prepared) -> float:
     train = data.y_train.astype(np.float64)
     valid = data.y_valid.astype(np.float64)
     return float(((valid - train.mean(axis=0)) ** 2).mean())
+
+
+def data_kwargs(section: DataSection) -> dict[str, Any]:
+    """The arguments of :func:`load_dataset` that a study file's ``[data]`` section gives."""
+    return {
+        "source": section.source,
+        "path": section.path,
+        "features": section.features,
+        "target": section.target,
+        "task": section.task,
+        "lookback": section.lookback,
+        "horizon": section.horizon,
+        "group": section.group,
+        "length": section.length,
+    }
+
+
+def check_fingerprint(dataset: Dataset, expected: str | None, *, section: DataSection, study_name: str) -> None:
+    """Refuse to train on data other than the data the study was created on.
+
+    Raises:
+        DataError: ``dataset``'s fingerprint differs from ``expected`` (None: nothing recorded, no check).
+    """
+    actual = fingerprint(dataset)
+    if expected is not None and actual != expected:
+        raise DataError(
+            f"data: the data this worker loaded ({section.source}"
+            f"{' ' + section.path if section.path else ''}) has fingerprint {actual[:12]}, "
+            f"but study {study_name!r} was created on {str(expected)[:12]}; "
+            "refusing to train on different data"
+        )

@@ -15,6 +15,7 @@ from sweep.errors import SpecError
 if TYPE_CHECKING:
     import keras
 
+    from sweep.data import Dataset
     from sweep.space import Hyperparams
 
 
@@ -39,6 +40,22 @@ class ModelShape:
     head: Head
     n_outputs: int  # classes for classification, targets for regression
     masked: bool = False  # variable-length sequences padded with PAD_VALUE
+
+
+def model_shape(dataset: Dataset) -> ModelShape:
+    """What the model families need to know about ``dataset``."""
+    from sweep.data import Task
+
+    if dataset.task is Task.CLASSIFICATION:
+        head, outputs = Head.CLASSIFICATION, int(dataset.n_classes or 2)
+    else:
+        head, outputs = Head.REGRESSION, 1 if dataset.y.ndim == 1 else int(dataset.y.shape[1])
+    return ModelShape(
+        input_shape=tuple(int(d) for d in dataset.X.shape[1:]),
+        head=head,
+        n_outputs=outputs,
+        masked=dataset.padded,
+    )
 
 
 def check_family(family: Family | str, shape: ModelShape, *, data_name: str) -> None:

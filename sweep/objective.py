@@ -17,72 +17,57 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sweep import records
 from sweep.errors import Interrupted, TrialFailed
 from sweep.outage import retry
 from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
-from sweep.train import Stop
+from sweep.train import Stop, TrialOutcome
 
 if TYPE_CHECKING:
     import optuna
 
     from sweep.data import Dataset, Prepared
-    from sweep.model import ModelShape
     from sweep.spec import StudySpec
-    from sweep.stability import Summary
     from sweep.train import Curves
 
 
 T = TypeVar("T")
 
 
-def model_shape(dataset: Dataset) -> ModelShape:
-    """What the model families need to know about ``dataset``."""
-    from sweep.data import Task
-    from sweep.model import Head, ModelShape
-
-    if dataset.task is Task.CLASSIFICATION:
-        head, outputs = Head.CLASSIFICATION, int(dataset.n_classes or 2)
-    else:
-        head, outputs = Head.REGRESSION, 1 if dataset.y.ndim == 1 else int(dataset.y.shape[1])
-    return ModelShape(
-        input_shape=tuple(int(d) for d in dataset.X.shape[1:]),
-        head=head,
-        n_outputs=outputs,
-        masked=dataset.padded,
-    )
-
-
-def repeat_seed(base: int | None, repeat: int) -> int:
-    return (0 if base is None else base) + repeat
-
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    """What training one configuration gave.
-
-    ``stopped`` says why fewer than R repeats ran (pruned, raced out, diverged),
-    or is empty when every repeat ran; ``raced_out`` marks a trial that racing stopped.
-    """
-
-    curves: tuple[Curves, ...]
-    summary: Summary
-    stopped: str = ""
-    raced_out: bool = False
-
-
 class Objective:
     """The callable handed to ``study.optimize``."""
 
-    def __init__(self, spec: StudySpec, dataset: Dataset, *, artifact_store: Any = None) -> None:
-        from sweep.data import baseline_loss, make_splits, prepare
+    def __init__(
+        self,
+        spec: StudySpec,
+        dataset: Dataset,
+        *,
+        before_trial: Callable[[optuna.Trial], None] | None = None,
+        interrupt: Callable[[], int | None] = lambda: None,
+        on_recorded: Callable[[optuna.Trial, TrialOutcome], float] | None = None,
+    ) -> None:
+        """Prepare the R splits of ``dataset`` once, for every trial this objective runs.
+
+        Args:
+            before_trial: called (with retries through an outage) as each trial starts, before
+                its parameters are drawn; it may raise to end the trial.
+            interrupt: the signal number once the process was asked to stop, else None; training
+                polls it before every batch.
+            on_recorded: called once a trial's results are stored (the dashboard's note and
+                figure); returns the seconds it took, recorded as ``dashboard_seconds``.
+        """
+        from sweep.data import baseline_loss, make_splits, prepare, repeat_seed
+        from sweep.model import model_shape
 
         self.spec = spec
-        self.artifact_store = artifact_store
+        self.before_trial = before_trial
+        self.interrupt = interrupt
+        self.on_recorded = on_recorded
         self.shape = model_shape(dataset)
         splits = make_splits(
             dataset,
@@ -92,8 +77,6 @@ class Objective:
         )
         self.prepared: list[Prepared] = [prepare(dataset, s) for s in splits]
         self.baselines: tuple[float, ...] = tuple(baseline_loss(p) for p in self.prepared)
-        self.before_trial: Any = None
-        self.interrupt: Any = lambda: None  # -> the signal number once the process was asked to stop
         self.last: tuple[int, str, float | tuple[float, float] | None] | None = None
         """(trial number, final state name, value) of the last trial this objective ended."""
 
@@ -104,8 +87,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from sweep.space import suggest
 
-        if self.before_trial is not None:
-            self.db(lambda: self.before_trial(trial), f"starting trial {trial.number}")
+        before = self.before_trial
+        if before is not None:
+            self.db(lambda: before(trial), f"starting trial {trial.number}")
         params = self.db(
             lambda: suggest(trial, self.spec.search, family=self.spec.model.family), f"drawing trial {trial.number}"
         )
@@ -113,6 +97,7 @@ class Objective:
 
     def train(self, params: Any, *, trial: optuna.Trial | None = None) -> TrialOutcome:
         """Train ``params`` on repeat 0, then on the other repeats while it is a contender."""
+        from sweep.data import repeat_seed
         from sweep.train import fit_repeat, release
 
         spec = self.spec
@@ -139,7 +124,7 @@ class Objective:
             )
             release()
             if c.stop is Stop.INTERRUPTED:
-                raise Interrupted(self.interrupt())
+                raise Interrupted(self.interrupt() or signal.SIGTERM)
             curves.append(c)
             if c.stop is Stop.DIVERGED:
                 stopped = f"diverged in repeat {r} of {repeats}"
@@ -180,17 +165,14 @@ class Objective:
         last = curves[-1]
         diverged = last.stop is Stop.DIVERGED or not math.isfinite(summary.score)
         if diverged:
-            attrs[records.FAIL_REASON] = (
-                f"{records.DIVERGED_PREFIX}: non-finite loss at epoch {last.epochs} of repeat {len(curves) - 1}"
-            )
+            where = f"non-finite loss at epoch {last.epochs} of repeat {len(curves) - 1}"
+            attrs[records.FAIL_REASON] = records.FailReason.DIVERGED.reason(where)
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
         for key in attrs:
             self.db(functools.partial(trial.set_user_attr, key, attrs[key]), f"recording trial {trial.number}")
-        if self.spec.dashboard.notes:
-            from sweep.dashboard import write_trial
-
-            seconds = write_trial(trial, outcome, self.spec, self.artifact_store)
+        if self.on_recorded is not None:
+            seconds = self.on_recorded(trial, outcome)
             self.db(
                 lambda: trial.set_user_attr("dashboard_seconds", round(seconds, 3)), f"recording trial {trial.number}"
             )

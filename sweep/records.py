@@ -9,15 +9,17 @@ and ``fail_reason`` on failed trials. Non-finite numbers are stored as
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sweep.stability import Summary
+
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
-
-    from sweep.stability import Summary
 
 SPEC = "sweep:spec"
 FINGERPRINT = "sweep:data_fingerprint"
@@ -35,25 +37,33 @@ RACED_OUT = "raced_out"
 FAIL_REASON = "fail_reason"
 WORKER = "worker"
 """``host:pid`` of the worker process that ran the trial."""
-DIVERGED_PREFIX = "diverged"
 
-SUMMARY_FIELDS: tuple[str, ...] = (
-    "score",
-    "tail_mean",
-    "tail_std",
-    "best",
-    "degradation",
-    "oscillation",
-    "gap",
-    "repeat_spread",
-    "baseline",
-    "diagnosis",
-    "hint",
-    "n_repeats",
-    "epochs",
-    "repeat_means",
-    "repeat_stds",
-)
+
+class FailReason(str, enum.Enum):
+    """Why a trial failed: the first word of its ``fail_reason`` attr (``"<kind>"`` or ``"<kind>: <detail>"``)."""
+
+    DIVERGED = "diverged"  # a loss became NaN or infinite: a result, it counts toward the target
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM mid-trial: queued again on resume
+    SURPLUS = "surplus"  # started when the study already had enough trials under way
+    ERROR = "error"  # an unexpected error in the objective
+
+    def reason(self, detail: str = "") -> str:
+        """The ``fail_reason`` text: the kind, then the detail."""
+        return f"{self.value}: {detail}" if detail else self.value
+
+    @classmethod
+    def of(cls, fail_reason: Any) -> FailReason | None:
+        """The kind of a stored ``fail_reason`` (None for anything else: a worker that died, no reason)."""
+        if not isinstance(fail_reason, str):
+            return None
+        try:
+            return cls(fail_reason.split(":", 1)[0].strip())
+        except ValueError:
+            return None
+
+
+SUMMARY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Summary))
+"""The stability summary's fields, each stored as a trial user attr of the same name."""
 
 
 def finite_or_none(value: float) -> float | None:
@@ -104,7 +114,38 @@ def counts(state: str, fail_reason: Any) -> bool:
     """:func:`counts_toward_target` from a trial's state name and ``fail_reason``."""
     if state in ("COMPLETE", "PRUNED"):
         return True
-    return state == "FAIL" and isinstance(fail_reason, str) and fail_reason.startswith(DIVERGED_PREFIX)
+    return state == "FAIL" and FailReason.of(fail_reason) is FailReason.DIVERGED
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A study's trials counted once, the same way everywhere."""
+
+    done: int
+    """Trials that used up one of the study's ``n_trials`` (see :func:`counts_toward_target`)."""
+    running: int
+    failed: int
+
+
+def tally(trials: Iterable[FrozenTrial]) -> Tally:
+    done = running = failed = 0
+    for t in trials:
+        done += counts_toward_target(t)
+        running += t.state.name == "RUNNING"
+        failed += t.state.name == "FAIL"
+    return Tally(done=done, running=running, failed=failed)
+
+
+def best_trial(trials: Iterable[FrozenTrial]) -> FrozenTrial | None:
+    """The complete trial with the lowest finite stability score (also for Pareto studies), if any."""
+    scored = [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE"
+        and isinstance(t.user_attrs.get("score"), int | float)
+        and math.isfinite(t.user_attrs["score"])
+    ]
+    return min(scored, key=lambda t: (t.user_attrs["score"], t.number)) if scored else None
 
 
 def summary_attrs(summary: Summary) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def retrain_best(
     except OSError as exc:
         raise UserError(f"--out: cannot use '{out_dir}' as a folder: {exc.strerror or exc}") from None
     from sweep.report import rank
-    from sweep.runner import open_sweep
+    from sweep.storage import open_sweep
 
     study, spec = open_sweep(study_name, url)
     ranked = rank(study_name, url=url)
@@ -73,16 +73,16 @@ def retrain_best(
         raise UserError(f"study {study_name!r} has no complete trial to retrain yet")
     top = ranked[0]
 
-    from sweep.data import load_dataset, make_splits, prepare
-    from sweep.objective import model_shape, repeat_seed
+    from sweep.data import check_fingerprint, data_kwargs, load_dataset, make_splits, prepare, repeat_seed
+    from sweep.model import model_shape
     from sweep.runner import default_workers
     from sweep.space import Hyperparams
     from sweep.stability import summarize
     from sweep.train import configure_threads, fit_repeat, release
-    from sweep.worker import check_data, data_kwargs
 
-    dataset = load_dataset(**data_kwargs(spec))
-    check_data(study, spec, dataset)
+    dataset = load_dataset(**data_kwargs(spec.data))
+    recorded = study.user_attrs.get(records.FINGERPRINT)
+    check_fingerprint(dataset, recorded, section=spec.data, study_name=study.study_name)
     configure_threads(threads or default_workers())
     base = repeat_seed(spec.study.seed, 0)
     (split,) = make_splits(dataset, n_splits=1, validation_fraction=spec.data.validation_fraction, seed=base)

@@ -30,7 +30,15 @@ from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, 
 from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, spec_from_dict
-from sweep.storage import load_study, mask, open_storage, resolve_url
+from sweep.storage import (
+    default_artifacts,
+    load_study,
+    mask,
+    open_storage,
+    open_sweep,
+    resolve_url,
+    storage_options,
+)
 from sweep.supervisor import Connected, Exited, Kind, Policy, State, decide
 
 if TYPE_CHECKING:
@@ -66,38 +74,12 @@ class SweepResult:
 # --------------------------------------------------------------------------- opening
 
 
-def storage_options(spec: StudySpec) -> dict[str, Any]:
-    w = spec.worker
-    return {
-        "heartbeat_interval": w.heartbeat_interval,
-        "grace_period": w.grace_period,
-        "max_retries": w.max_retries,
-    }
-
-
-def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
-    """Load a study created by ``sweep run`` and its stored spec.
-
-    Raises:
-        StudyNotFoundError: no such study.
-        UserError: the study was not created by ``sweep`` (no stored spec).
-    """
-    study = load_study(study_name, url)
-    raw = study.user_attrs.get(records.SPEC)
-    if raw is None:
-        raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
-    spec = spec_from_dict(raw, source=f"stored spec of {study_name!r}")
-    return load_study(study_name, url, **storage_options(spec)), spec
-
-
 def _load_data(spec: StudySpec) -> Any:
     """Load and check the data (and its fit with the model family and the splits)."""
-    from sweep.data import load_dataset, make_splits
-    from sweep.model import check_family
-    from sweep.objective import model_shape, repeat_seed
-    from sweep.worker import data_kwargs
+    from sweep.data import data_kwargs, load_dataset, make_splits, repeat_seed
+    from sweep.model import check_family, model_shape
 
-    dataset = load_dataset(**data_kwargs(spec))
+    dataset = load_dataset(**data_kwargs(spec.data))
     check_family(spec.model.family, model_shape(dataset), data_name=spec.data.path or spec.data.source)
     make_splits(
         dataset,
@@ -233,7 +215,8 @@ def requeue_interrupted(study: optuna.Study, *, enqueue: bool = True) -> list[in
     again = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get(records.FAIL_REASON) == "interrupted" and t.number not in done
+        if records.FailReason.of(t.user_attrs.get(records.FAIL_REASON)) is records.FailReason.INTERRUPTED
+        and t.number not in done
     ]
     for t in again if enqueue else []:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
@@ -281,7 +264,6 @@ def run_sweep(
     SIGINT/SIGTERM once every worker has ended its trial as FAIL
     ``interrupted``.
     """
-    from sweep.dashboard import default_artifacts
 
     url = resolve_url(storage, spec.study.storage)
     spec = spec.with_artifacts(default_artifacts(url))
@@ -299,7 +281,7 @@ def run_sweep(
         except OutageTimeout as exc:
             raise StorageError(str(exc)) from None
         prepared.append(study)
-        done = sum(records.counts_toward_target(t) for t in study.get_trials(deepcopy=False))
+        done = records.tally(study.get_trials(deepcopy=False)).done
         if on_start is not None:
             verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
             on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
@@ -325,22 +307,77 @@ def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    best = _best(trials)
+    best = records.best_trial(trials)
     return SweepResult(
         study_name=study.study_name,
         storage=mask(url),
         target=study.user_attrs.get(records.TARGET),
         counts=counts,
-        done=sum(records.counts_toward_target(t) for t in trials),
+        done=records.tally(trials).done,
         best_number=best.number if best else None,
         best_value=best.user_attrs["score"] if best else None,
     )
 
 
-def _best(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
-    """The complete trial with the lowest stability score (also for Pareto studies)."""
-    complete = [t for t in trials if t.state.name == "COMPLETE" and isinstance(t.user_attrs.get("score"), float)]
-    return min(complete, key=lambda t: t.user_attrs["score"]) if complete else None
+@dataclass(frozen=True)
+class Join:
+    """What ``sweep worker`` runs: an existing study, its target and deadline, and the workers for it."""
+
+    study_name: str
+    url: str
+    target: int | None
+    deadline: float | None
+    workers: int
+    threads: int
+    policy: Policy
+
+
+def plan_join(
+    study_name: str, url: str, *, n_trials: int | None = None, timeout_s: float | None = None, workers: int = 1
+) -> Join:
+    """Read an existing study's spec from the storage, and plan workers that join it.
+
+    ``n_trials`` is the study's total (default: the target stored by ``sweep run``);
+    ``timeout_s`` stops starting trials after that long (default: the study's own time
+    limit when it has no trial count).
+
+    Raises:
+        StudyNotFoundError: no such study.
+        UserError: the study was not created by ``sweep run``.
+    """
+    study, spec = open_sweep(study_name, url)
+    target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
+    if timeout_s is None and target is None:
+        timeout_s = spec.study.timeout  # a study with a time limit and no trial count
+    return Join(
+        study_name=study_name,
+        url=url,
+        target=target,
+        deadline=time.time() + timeout_s if timeout_s else None,
+        workers=workers,
+        threads=threads_per_worker(spec, workers),
+        policy=supervisor_policy(spec),
+    )
+
+
+def join_sweep(
+    join: Join,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_output: Callable[[int, str], None] | None = None,
+) -> None:
+    """Run ``join.workers`` workers on the study until its target or deadline (see :func:`supervise`)."""
+    supervise(
+        study_name=join.study_name,
+        url=join.url,
+        target=join.target,
+        deadline=join.deadline,
+        workers=join.workers,
+        threads=join.threads,
+        on_progress=on_progress,
+        on_output=on_output,
+        policy=join.policy,
+    )
 
 
 def supervisor_policy(spec: StudySpec) -> Policy:
@@ -555,13 +592,13 @@ def _report(
     except Exception as exc:  # the progress bar must never stop a sweep; workers handle outages
         log.debug("progress not read: %s", type(exc).__name__)
         return
-    best = _best(trials)
+    best = records.best_trial(trials)
     on_progress(
         Progress(
-            done=sum(records.counts_toward_target(t) for t in trials),
+            done=(counted := records.tally(trials)).done,
             target=target,
-            running=sum(t.state.name == "RUNNING" for t in trials),
-            failed=sum(t.state.name == "FAIL" for t in trials),
+            running=counted.running,
+            failed=counted.failed,
             best_value=best.user_attrs["score"] if best else None,
             best_number=best.number if best else None,
             elapsed=time.time() - started,

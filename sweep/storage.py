@@ -13,11 +13,13 @@ import os
 import re
 import sqlite3
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sweep import records
 from sweep.errors import StorageError, StudyNotFoundError, SweepError, UserError
-from sweep.spec import DEFAULT_STORAGE
+from sweep.spec import DEFAULT_STORAGE, StudySpec, spec_from_dict
 
 if TYPE_CHECKING:
     import optuna
@@ -90,6 +92,47 @@ def _normalise(url: str) -> str:
             "or kept after the run; allowed: sqlite:///FILE"
         )
     return url
+
+
+def default_artifacts(url: str) -> str | None:
+    """Where artifacts go when the study file does not say: beside a SQLite file, else nowhere."""
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    return str(path.resolve().with_name(path.stem + "-artifacts")) if path is not None else None
+
+
+def storage_options(spec: StudySpec) -> dict[str, Any]:
+    """The :func:`open_storage` settings a study's ``[worker]`` section gives (heartbeats, retries)."""
+    w = spec.worker
+    return {
+        "heartbeat_interval": w.heartbeat_interval,
+        "grace_period": w.grace_period,
+        "max_retries": w.max_retries,
+    }
+
+
+def open_sweep(study_name: str, url: str) -> tuple[optuna.Study, StudySpec]:
+    """Load a study created by ``sweep run`` and its stored spec.
+
+    Raises:
+        StudyNotFoundError: no such study.
+        UserError: the study was not created by ``sweep`` (no stored spec).
+    """
+    study = load_study(study_name, url)
+    spec = stored_spec(study_name, study.user_attrs)
+    return load_study(study_name, url, **storage_options(spec)), spec
+
+
+def stored_spec(study_name: str, user_attrs: Mapping[str, Any]) -> StudySpec:
+    """The spec ``sweep run`` stored in a study's user attrs.
+
+    Raises:
+        UserError: the study was not created by ``sweep run`` (no stored spec).
+        SpecError: the stored spec is not valid (written by hand, or by an incompatible version).
+    """
+    raw = user_attrs.get(records.SPEC)
+    if raw is None:
+        raise UserError(f"study {study_name!r} has no sweep spec; it was not created by 'sweep run'")
+    return spec_from_dict(raw, source=f"stored spec of {study_name!r}")
 
 
 def open_storage(
@@ -316,11 +359,19 @@ def load_study(name: str, url: str, **storage_kwargs: Any) -> optuna.Study:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The file behind a ``sqlite:///FILE`` URL (None for in-memory databases)."""
-    rest = url.split(":///", 1)[1] if ":///" in url else ""
-    if not rest or rest.startswith(":memory:"):
+    """The file behind a SQLite URL; None for another storage, an in-memory database or a ``file:`` URI."""
+    if not url.startswith("sqlite"):
         return None
-    return Path(rest.split("?", 1)[0])
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _enable_wal(path: Path) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sweep.data import Prepared
     from sweep.model import Family, ModelShape
     from sweep.space import Hyperparams
+    from sweep.stability import Summary
 
 EpochHook = Callable[[int, float], bool]
 """Called after each epoch with (epoch, val_loss); returning True stops training (pruning)."""
@@ -47,6 +48,20 @@ class Curves:
     @property
     def epochs(self) -> int:
         return len(self.val_loss)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What training one configuration gave: a curve per repeat that ran, and their summary.
+
+    ``stopped`` says why fewer than R repeats ran (pruned, raced out, diverged),
+    or is empty when every repeat ran; ``raced_out`` marks a trial that racing stopped.
+    """
+
+    curves: tuple[Curves, ...]
+    summary: Summary
+    stopped: str = ""
+    raced_out: bool = False
 
 
 def import_tensorflow() -> Any:

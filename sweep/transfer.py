@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import StorageError, UserError
-from sweep.storage import load_study, mask, open_storage, resolve_url, scrub
+from sweep.storage import load_study, mask, open_storage, resolve_url, scrub, sqlite_path
 
 if TYPE_CHECKING:
-    from pathlib import Path
 
     import optuna
 
@@ -77,7 +76,7 @@ def copy_studies(*, from_url: str, to_url: str, study: str | None = None) -> lis
     source, destination = mask(from_url), mask(to_url)
     if _identity(from_url) == _identity(to_url):
         raise UserError(f"source and destination are the same storage ({source}); nothing to copy")
-    path = _sqlite_file(from_url)
+    path = sqlite_path(from_url)
     if path is not None and not path.exists():
         raise UserError(f"source storage {source}: SQLite file '{path}' does not exist")
 
@@ -248,7 +247,7 @@ def _identity(url: str) -> tuple[Any, ...]:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        path = _sqlite_file(url)
+        path = sqlite_path(url)
         return ("sqlite", str(path.resolve()) if path is not None else object())  # in-memory: never the same
     host = (parsed.host or "").lower()
     return (
@@ -257,20 +256,6 @@ def _identity(url: str) -> tuple[Any, ...]:
         parsed.port or _DEFAULT_PORTS.get(backend),
         parsed.database,
     )
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL as a Path; None for another kind of storage or an in-memory database."""
-    if not url.startswith("sqlite"):
-        return None
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
 
 
 def _reason(exc: BaseException) -> str:

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweep import records
-from sweep.errors import DataError, FatalError, Interrupted, StorageError, SweepError, TrialFailed
+from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
 from sweep.outage import OutageTimeout, gave_up, is_outage
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
+from sweep.records import FailReason
 
 if TYPE_CHECKING:
     import optuna
 
-    from sweep.spec import StudySpec
 
 MAX_CONSECUTIVE_FAILURES = 3
 POLL_S = 2.0
@@ -76,58 +76,6 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def sampler_seed(base: int, *, existing: int, slot: int) -> int:
-    """A sampler seed from the study's seed, the trials already there, the slot and the host.
-
-    Reproducible for one ``sweep run`` on one machine; different for replicas on other
-    hosts (compose containers have their own host names), which would otherwise propose
-    the same configurations.
-    """
-    import numpy as np
-
-    entropy = [base, existing, slot, *socket.gethostname().encode()]
-    return int(np.random.SeedSequence([abs(e) for e in entropy]).generate_state(1)[0])
-
-
-def make_sampler(spec: StudySpec, *, seed: int | None) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    s = spec.sampler
-    match s.name:
-        case "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        case "qmc":
-            return optuna.samplers.QMCSampler(seed=seed)
-        case "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=s.n_startup_trials,
-        multivariate=s.multivariate,
-        constant_liar=s.constant_liar,
-    )
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    import optuna
-
-    p = spec.pruner
-    match p.name:
-        case "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-        case "percentile":
-            return optuna.pruners.PercentilePruner(
-                p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
-            )
-        case "hyperband":
-            return optuna.pruners.HyperbandPruner(
-                min_resource=p.min_resource,
-                max_resource=spec.training.max_epochs,
-                reduction_factor=p.reduction_factor,
-            )
-    return optuna.pruners.NopPruner()
-
-
 def run_worker(
     *,
     signals: _Signals,
@@ -149,10 +97,11 @@ def run_worker(
     from sweep.train import configure_threads
 
     configure_threads(threads)  # imports TensorFlow, and sizes its pools before it does any work
-    from sweep.dashboard import artifact_store, refresh_study
-    from sweep.data import load_dataset
+    from sweep.dashboard import artifact_store, refresh_study, write_trial
+    from sweep.data import check_fingerprint, data_kwargs, load_dataset
     from sweep.objective import Objective
-    from sweep.runner import open_sweep
+    from sweep.search import make_pruner, make_sampler, sampler_seed
+    from sweep.storage import open_sweep
 
     if await_go:
         _warm_imports()
@@ -163,15 +112,9 @@ def run_worker(
     study, spec = open_sweep(study_name, url)
     print(CONNECTED, flush=True)
     target = target if target is not None else study.user_attrs.get(records.TARGET)
-    dataset = load_dataset(**data_kwargs(spec))
-    check_data(study, spec, dataset)
-    objective = Objective(spec, dataset, artifact_store=artifact_store(spec.dashboard.artifacts))
-    # What exists now (modules, data) lives as long as the process: keep it out of every later
-    # collection, which Keras runs after each repeat (clear_session); with TensorFlow, Optuna and
-    # SQLAlchemy loaded such a collection otherwise costs about 0.25 s.
-    gc.collect()
-    gc.freeze()
-
+    dataset = load_dataset(**data_kwargs(spec.data))
+    recorded = study.user_attrs.get(records.FINGERPRINT)
+    check_fingerprint(dataset, recorded, section=spec.data, study_name=study.study_name)
     base_seed = spec.study.seed
     existing = len(study.get_trials(deepcopy=False))
     # Every process needs its own sampler stream, or processes started together (compose
@@ -189,7 +132,8 @@ def run_worker(
         if retry_of is not None and any(
             t.user_attrs.get("retry_of") == retry_of and t.number < trial.number for t in trials
         ):
-            trial.set_user_attr(records.FAIL_REASON, f"surplus: trial {retry_of} was already queued again")
+            surplus = FailReason.SURPLUS.reason(f"trial {retry_of} was already queued again")
+            trial.set_user_attr(records.FAIL_REASON, surplus)
             raise _Surplus(f"trial {retry_of} was queued again by two processes at once")
         if target is None:
             return
@@ -199,11 +143,22 @@ def run_worker(
             if t.number < trial.number and (records.counts_toward_target(t) or t.state.name == "RUNNING")
         )
         if ahead >= target:
-            trial.set_user_attr(records.FAIL_REASON, "surplus: the study had reached its target")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.SURPLUS.reason("the study had reached its target"))
             raise _Surplus("the study reached its target while this trial was being created")
 
-    objective.before_trial = before_trial
-    objective.interrupt = lambda: signals.signum
+    notes = (
+        functools.partial(write_trial, spec=spec, store=artifact_store(spec.dashboard.artifacts))
+        if spec.dashboard.notes
+        else None
+    )
+    objective = Objective(
+        spec, dataset, before_trial=before_trial, interrupt=lambda: signals.signum, on_recorded=notes
+    )
+    # What exists now (modules, data) lives as long as the process: keep it out of every later
+    # collection, which Keras runs after each repeat (clear_session); with TensorFlow, Optuna and
+    # SQLAlchemy loaded such a collection otherwise costs about 0.25 s.
+    gc.collect()
+    gc.freeze()
     failures = 0
     memory = MemoryBound(limit_mb=spec.worker.max_memory_growth_mb)
     warned = False
@@ -235,7 +190,7 @@ def run_worker(
         trial = finished[-1] if finished else None
         if trial is not None and trial.state.name == "FAIL" and not records.counts_toward_target(trial):
             reason = trial.user_attrs.get(records.FAIL_REASON, "unknown")
-            if not str(reason).startswith("surplus"):
+            if FailReason.of(reason) is not FailReason.SURPLUS:
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
                     raise FatalError(
@@ -291,10 +246,8 @@ def work_after_two_more(study: optuna.Study, target: int | None) -> bool:
     """
     if target is None:
         return True
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(records.counts_toward_target(t) for t in trials)
-    running = sum(t.state.name == "RUNNING" for t in trials)
-    return target - counted - running > 2 * max(1, running)
+    counted = records.tally(study.get_trials(deepcopy=False))
+    return target - counted.done - counted.running > 2 * max(1, counted.running)
 
 
 @dataclass
@@ -412,7 +365,7 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             signals.check()
             return objective(trial)
         except Interrupted:
-            trial.set_user_attr(records.FAIL_REASON, "interrupted")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.INTERRUPTED.reason())
             _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
                           "queued again when the study is resumed.")
             raise
@@ -421,15 +374,16 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
         except _storage_errors() as exc:
             if is_outage(exc):
                 raise
-            reason = f"error: storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"[:500]
+            detail = f"storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            reason = FailReason.ERROR.reason(detail)[:500]
             trial.set_user_attr(records.FAIL_REASON, reason)
             raise TrialFailed(reason) from exc
         except SweepError as exc:
-            trial.set_user_attr(records.FAIL_REASON, f"error: {exc}")
+            trial.set_user_attr(records.FAIL_REASON, FailReason.ERROR.reason(str(exc)))
             _failure_note(trial, f"Error: {exc}")
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:
-            reason = f"error: {type(exc).__name__}: {exc}"[:500]
+            reason = FailReason.ERROR.reason(f"{type(exc).__name__}: {exc}")[:500]
             trial.set_user_attr(records.FAIL_REASON, reason)
             _failure_note(trial, reason)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -449,44 +403,13 @@ def _has_room(
             return False
         if target is None:
             return True
-        trials = study.get_trials(deepcopy=False)
-        counted = sum(records.counts_toward_target(t) for t in trials)
-        if counted >= target:
+        counted = records.tally(study.get_trials(deepcopy=False))
+        if counted.done >= target:
             return False
-        running = sum(t.state.name == "RUNNING" for t in trials)
-        if counted + running < target or not wait:
+        if counted.done + counted.running < target or not wait:
             return True
         fail_stale_trials(study)
         time.sleep(POLL_S)
-
-
-def data_kwargs(spec: StudySpec) -> dict[str, Any]:
-    d = spec.data
-    return {
-        "source": d.source,
-        "path": d.path,
-        "features": d.features,
-        "target": d.target,
-        "task": d.task,
-        "lookback": d.lookback,
-        "horizon": d.horizon,
-        "group": d.group,
-        "length": d.length,
-    }
-
-
-def check_data(study: optuna.Study, spec: StudySpec, dataset: Any) -> None:
-    from sweep.data import fingerprint
-
-    expected = study.user_attrs.get(records.FINGERPRINT)
-    actual = fingerprint(dataset)
-    if expected is not None and actual != expected:
-        raise DataError(
-            f"data: the data this worker loaded ({spec.data.source}"
-            f"{' ' + spec.data.path if spec.data.path else ''}) has fingerprint {actual[:12]}, "
-            f"but study {study.study_name!r} was created on {str(expected)[:12]}; "
-            "refusing to train on different data"
-        )
 
 
 def _die_with_parent() -> None:

@@ -31,7 +31,7 @@ from benchmarks.harness import (
 )
 from benchmarks.memory import growth
 from benchmarks.reading import build_study, expected_complete
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_median_and_ratio_ignore_what_cannot_be_measured() -> None:

@@ -34,7 +34,6 @@ from sweep.dashboard import (
     STUDY_FIGURE_ID,
     TOP_IN_NOTE,
     artifact_store,
-    default_artifacts,
     guarded,
     plot_curves,
     refresh_study,
@@ -44,12 +43,13 @@ from sweep.dashboard import (
     write_failure_note,
     write_trial,
 )
-from sweep.objective import TrialOutcome, curves_attr
+from sweep.objective import curves_attr
 from sweep.report import RankedTrial
 from sweep.spec import StudySpec, load_spec
 from sweep.stability import Diagnosis, summarize
-from sweep.train import Curves, Stop
-from tests.conftest import ROOT, run_cli, write_study
+from sweep.storage import default_artifacts
+from sweep.train import Curves, Stop, TrialOutcome
+from tests.helpers import ROOT, run_cli, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
@@ -487,6 +487,32 @@ def _stop(proc: subprocess.Popen[str]) -> int:
             proc.wait(timeout=15)
             pytest.fail("sweep dashboard did not stop within 15 s of SIGINT")
     return int(proc.returncode)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_dashboard_cleanly(tmp_path: Path) -> None:
+    """docker stop and a deleted Kubernetes pod send SIGTERM: the server stops at once, exit 0."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    result = run_cli("run", str(write_study(tmp_path, n_trials=1, epochs=1)), "--storage", url, "-q")
+    assert result.returncode == 0, result.stderr
+    port = _free_port()
+    err_log = tmp_path / "dashboard.err"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SWEEP_STORAGE", None)
+    with err_log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", "dashboard", "--storage", url, "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/dashboard", proc, err_log)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)  # without a handler it would die at once with -15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, err_log.read_text()
+    assert err_log.read_text().rstrip().endswith("stopped")
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,18 +16,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli, worker_pids, write_study
+from sweep import records
+from tests.helpers import ROOT, cheap_study, free_port, port_open, run_cli, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
 SECRET = "pw-never-printed-4711"
-
-
-def cheap_study(folder: Path, *, name: str = "cheap", n_trials: int = 4, epochs: int = 2, extra: str = "") -> Path:
-    path = write_study(folder, name=name, n_trials=n_trials, family="dense", epochs=epochs, extra=extra)
-    text = path.read_text().replace('source = "digits"', 'source = "breast_cancer"')
-    text = text.replace("repeats = 2", "repeats = 1")
-    path.write_text(text)
-    return path
 
 
 def _env() -> dict[str, str]:
@@ -41,17 +33,16 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
-def _wait_for_running(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(0.5)
-        try:
-            running = [t for t in _trials(url, name) if t.state.name == "RUNNING"]
-        except KeyError:
-            continue
-        if running:
-            return running[0]
-    raise AssertionError(f"no trial of {name!r} started within {timeout} s")
+def _wait_for_training(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first RUNNING trial of study ``name`` once it has reported an epoch (so a signal lands mid-trial)."""
+    found: list[optuna.trial.FrozenTrial] = []
+
+    def training() -> bool:
+        found[:] = [t for t in _trials(url, name) if t.state.name == "RUNNING" and t.intermediate_values]
+        return bool(found)
+
+    wait_for(training, timeout=timeout, what=f"a trial of {name!r} to train", ignore=(KeyError,))
+    return found[0]
 
 
 def test_three_workers_on_postgres_reach_exactly_the_target(postgres_url: str, tmp_path: Path) -> None:
@@ -86,11 +77,10 @@ def test_killed_worker_trial_fails_after_grace_and_is_retried(postgres_url: str,
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", postgres_url, "-q"],
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = _wait_for_running(postgres_url, "killed")
-        time.sleep(1)
-        pids = worker_pids("killed")
-        assert len(pids) == 1
-        os.kill(pids[0], signal.SIGKILL)
+        victim = _wait_for_training(postgres_url, "killed")
+        pid = int(str(victim.user_attrs[records.WORKER]).rsplit(":", 1)[1])  # host:pid of the worker training it
+        assert pid in worker_pids("killed")
+        os.kill(pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -117,7 +107,7 @@ def test_worker_survives_terminated_database_connections(postgres_url: str, tmp_
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     terminated = 0
     try:
-        _wait_for_running(postgres_url, "dropped")
+        _wait_for_training(postgres_url, "dropped")
         for _ in range(3):
             with admin.connect() as conn:
                 terminated += conn.execute(sa.text(
@@ -144,8 +134,7 @@ def test_sigterm_to_sweep_worker_on_postgres(postgres_url: str, tmp_path: Path) 
                              "--n-trials", "50", "-q"],
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_running(postgres_url, "termed")
-        time.sleep(1)
+        _wait_for_training(postgres_url, "termed")
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -181,24 +170,13 @@ def test_mariadb_smoke_sweep(mysql_url: str, tmp_path: Path) -> None:
     assert len(ranked) == 2 and ranked[0]["score"] <= ranked[1]["score"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_grpc_proxy_serves_workers(tmp_path: Path) -> None:
     backend = f"sqlite:///{tmp_path / 'proxied.db'}"
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "sweep", "proxy", "--storage", backend, "--port", str(port)],
                               cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
+        wait_for(lambda: port_open(port), timeout=60, what=f"the proxy to listen on port {port}")
         study = cheap_study(tmp_path, name="proxied", n_trials=3)
         grpc_url = f"grpc://127.0.0.1:{port}"
         result = run_cli("run", str(study), "--storage", grpc_url, "--workers", "2")

@@ -17,7 +17,7 @@ from sweep.runner import prepare_study
 from sweep.space import distributions
 from sweep.spec import StudySpec, load_spec
 from sweep.stability import repeat_score
-from tests.conftest import write_study
+from tests.helpers import write_study
 
 GOOD = {
     "n_layers": 1,

@@ -14,15 +14,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
-from tests.conftest import ROOT, write_study
+from tests.helpers import ROOT, wait_for, write_study
 
 pytestmark = pytest.mark.slow
+NOT_YET = (DBAPIError,)
+"""What the database raises while it is still starting, or before the sweep has created its tables."""
 
 
 def _pg_bin(name: str) -> str | None:
@@ -102,18 +105,6 @@ def _trials(url: str) -> list[tuple[int, str, set[str]]]:
     return [(int(n), str(state).rsplit(".", 1)[-1], keys.get(tid, set())) for tid, n, state in rows]
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except Exception:  # the database may still be starting
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _sweep(study: Path, url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "COLUMNS": "200", "SWEEP_STORAGE": url}
     return subprocess.Popen(
@@ -127,8 +118,9 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
     proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
     try:
         # Once the first trial has reported two epochs, the database goes away for 30 s.
-        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
-        time.sleep(3)
+        epochs = "SELECT count(*) FROM trial_intermediate_values"
+        wait_for(lambda: _sql(server.url, epochs)[0][0][0] >= 2, timeout=120, what="two epochs reported",  # type: ignore[index]
+                 ignore=NOT_YET)  # fmt: skip
         server.stop()
         time.sleep(30)
         server.start()
@@ -146,6 +138,10 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
     assert "Traceback" not in out + err
     assert "storage unreachable" in out + err  # one line when the wait began
     assert "storage back after" in out + err  # and one when it ended
+
+
+def _running(server: Server) -> Callable[[], bool]:
+    return lambda: any(state == "RUNNING" for _, state, _ in _trials(server.url))
 
 
 def _sql(url: str, *statements: str) -> list[object]:
@@ -179,10 +175,11 @@ def test_a_database_outage_at_the_end_of_a_trial_loses_nothing(server: Server, t
     study = write_study(tmp_path, name="tell", n_trials=2, epochs=3, extra="\n[racing]\nenabled = false\n")
     proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
     try:
-        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
+        wait_for(_running(server), timeout=120, what="a running trial", ignore=NOT_YET)
         _sql(server.url, *_HOLD_FIRST_TELL)
         held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        _wait_for(lambda: _sql(server.url, held)[0][0][0] == 1, 180, "the first trial's tell")  # type: ignore[index]
+        wait_for(lambda: _sql(server.url, held)[0][0][0] == 1, timeout=180, what="the first trial's tell",  # type: ignore[index]
+                 ignore=NOT_YET)  # fmt: skip
         server.stop()  # the tell is in flight: its transaction dies with the server
         time.sleep(30)
         server.start()
@@ -207,7 +204,7 @@ def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_
                 "--set", "worker.heartbeat_interval=1", "--set", "worker.grace_period=3"]  # fmt: skip
     proc = _sweep(study, server.url, *settings)
     try:
-        _wait_for(lambda: any(s == "RUNNING" for _, s, _ in _trials(server.url)), 120, "a running trial")
+        wait_for(_running(server), timeout=120, what="a running trial", ignore=NOT_YET)
         server.stop()
         out, err = proc.communicate(timeout=300)
     finally:

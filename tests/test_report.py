@@ -13,14 +13,14 @@ from optuna.trial import TrialState, create_trial
 from sweep import records
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.objective import curves_attr
-from sweep.report import _open, _read_rows, rank, study_status
+from sweep.report import rank, read_trials, study_status
 from sweep.runner import prepare_study
 from sweep.space import distributions
 from sweep.spec import load_spec
 from sweep.stability import summarize
 from sweep.storage import open_storage
 from sweep.train import Curves, Stop
-from tests.conftest import run_cli, write_study
+from tests.helpers import run_cli, write_study
 
 PARAMS = {
     "n_layers": 1,
@@ -142,9 +142,9 @@ def test_by_field_and_top(tmp_path: Path) -> None:
 def test_sql_reader_matches_optuna_api(storage_url: str, tmp_path: Path) -> None:
     study, _ = make_study(storage_url, tmp_path, CASES)
     keys = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.CURVES)
-    opened = _open("ranked", storage_url)
-    assert opened.user_attrs == study.user_attrs
-    fast = {r.number: r for r in _read_rows(opened, keys=keys)}
+    user_attrs, rows = read_trials("ranked", url=storage_url, keys=keys)
+    assert user_attrs == study.user_attrs
+    fast = {r.number: r for r in rows}
     for t in study.get_trials():
         row = fast[t.number]
         assert row.state == t.state.name

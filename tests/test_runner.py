@@ -13,7 +13,7 @@ from sweep.errors import SpecDriftError
 from sweep.runner import prepare_study, spec_diff
 from sweep.space import distributions
 from sweep.spec import load_spec
-from tests.conftest import write_study
+from tests.helpers import write_study
 
 PARAMS = {"n_layers": 1, "units": 8, "activation": "tanh", "learning_rate": 0.01, "optimizer": "adam",
           "batch_size": 64, "dropout": 0.1, "l2": 1e-4, "layer_norm": False}

@@ -9,7 +9,7 @@ import pytest
 
 from sweep.errors import UserError
 from sweep.storage import mask, resolve_url
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_precedence_flag_env_file_default(monkeypatch: pytest.MonkeyPatch) -> None:

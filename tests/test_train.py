@@ -7,7 +7,7 @@ import math
 import pytest
 
 from sweep.data import load_dataset, make_splits, prepare
-from sweep.objective import model_shape
+from sweep.model import model_shape
 from sweep.space import Hyperparams
 from sweep.train import Stop, configure_threads, fit_repeat, release
 

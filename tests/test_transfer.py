@@ -27,7 +27,7 @@ from sweep.stability import summarize
 from sweep.storage import load_study, open_storage
 from sweep.train import Curves, Stop
 from sweep.transfer import CopyResult, copy_studies
-from tests.conftest import write_study
+from tests.helpers import write_study
 
 PASSWORD = "pw-secret-987"
 PARAMS = {

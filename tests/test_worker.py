@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 
 from sweep.worker import MemoryBound
-from tests.conftest import ROOT, run_cli, worker_pids, write_study
+from tests.helpers import ROOT, cheap_study, run_cli, worker_pids, write_study
 
 
 def _held_worker(url: str, study: str, stdin: str) -> subprocess.CompletedProcess[str]:
@@ -77,7 +77,6 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
     import threading
     import time
 
-    from tests.test_distributed import cheap_study
 
     url = f"sqlite:///{tmp_path / 'spare.db'}"
     study = cheap_study(tmp_path, name="spare", n_trials=6, epochs=1)
