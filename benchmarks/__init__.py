@@ -15,5 +15,6 @@ BENCHMARKS: dict[str, str] = {
     "pruning": "benchmarks.pruning",
     "many_workers": "benchmarks.many_workers",
     "search_quality": "benchmarks.search_quality",
+    "gpu": "benchmarks.gpu",
 }
 """Benchmark name (for ``--only``) -> module, in the order they run."""

@@ -75,9 +75,22 @@ def _main(
     """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
 
 
-def _parse_workers(value: str) -> int:
+GpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpus",
+        help="GPUs for this machine's workers: 'auto' (each worker on its own GPU, one worker per GPU "
+        "found), 'none' (the CPU), or ids such as 0,1. Default: the study's worker.gpus, 'auto'.",
+        show_default=False,
+    ),
+]
+
+
+def _parse_workers(value: str | None) -> int | None:
     from sweep.runner import default_workers
 
+    if value is None:
+        return None
     if value == "auto":
         return default_workers()
     if value.isdigit() and int(value) >= 1:
@@ -103,8 +116,14 @@ def run(
         typer.Option("--set", help="Override a study-file field: SECTION.KEY=VALUE (repeatable)."),
     ] = None,
     workers: Annotated[
-        str, typer.Option("--workers", help="Worker processes on this machine: N or 'auto' (one per core).")
-    ] = "1",
+        str | None,
+        typer.Option(
+            "--workers",
+            help="Worker processes on this machine: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: GpusOpt = None,
     allow_spec_change: Annotated[
         bool,
         typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed."),
@@ -128,6 +147,7 @@ def run(
                 spec=spec,
                 storage=url,
                 workers=n_workers,
+                gpus=gpus,
                 allow_spec_change=allow_spec_change,
                 on_progress=on_progress,
                 on_output=on_output,
@@ -150,7 +170,15 @@ def worker(
         int | None, typer.Option("--n-trials", min=1, help="The study's total (default: the stored target).")
     ] = None,
     timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long.")] = None,
-    workers: Annotated[str, typer.Option("--workers", help="Worker processes: N or 'auto'.")] = "1",
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            help="Worker processes: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
+            show_default=False,
+        ),
+    ] = None,
+    gpus: GpusOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
 ) -> None:
     """Join an existing study from any machine; the spec is read from the storage."""
@@ -164,7 +192,9 @@ def worker(
         except ValueError as exc:
             raise UserError(f"--timeout: {exc}") from None
         n_workers = _parse_workers(workers)
-        join = plan_join(study_name, resolve_url(storage), n_trials=n_trials, timeout_s=seconds, workers=n_workers)
+        join = plan_join(
+            study_name, resolve_url(storage), n_trials=n_trials, timeout_s=seconds, workers=n_workers, gpus=gpus
+        )
         with _progress_bar(join.target, quiet=quiet) as (on_progress, on_output):
             join_sweep(join, on_progress=on_progress, on_output=on_output)
 

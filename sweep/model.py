@@ -130,10 +130,11 @@ def build_model(
             x = layers.Dropout(params.dropout)(x)
 
     if shape.head is Head.CLASSIFICATION:
-        outputs = layers.Dense(shape.n_outputs, activation="softmax")(x)
+        # The outputs stay float32 under mixed precision (a float16 softmax loses precision).
+        outputs = layers.Dense(shape.n_outputs, activation="softmax", dtype="float32")(x)
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
-        outputs = layers.Dense(shape.n_outputs)(x)
+        outputs = layers.Dense(shape.n_outputs, dtype="float32")(x)
         loss, metrics = "mse", ["mae"]
     model = keras.Model(inputs, outputs, name=f"sweep_{family.value}")
     model.compile(

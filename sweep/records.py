@@ -35,6 +35,8 @@ STOPPED = "stopped"
 RACED_OUT = "raced_out"
 """``True`` on a trial that racing stopped after repeat 0 (it ends PRUNED)."""
 FAIL_REASON = "fail_reason"
+DEVICE = "device"
+"""Where the trial trained: ``cpu``, ``gpu:ID``, or a GPU that was assigned but not usable."""
 WORKER = "worker"
 """``host:pid`` of the worker process that ran the trial."""
 

@@ -20,12 +20,13 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from sweep import records
+from sweep.devices import assign, discover, parse_gpus, worker_env
 from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, SweepError, UserError
 from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
@@ -247,11 +248,36 @@ def threads_per_worker(spec: StudySpec, workers: int) -> int:
     return max(1, default_workers() // max(1, workers))
 
 
+@dataclass(frozen=True)
+class Devices:
+    """The GPUs the workers of this machine train on (None: the CPU), and how many workers."""
+
+    gpus: list[str] | None
+    workers: int
+    hide_gpus: bool
+    """GPUs exist but are not used (``--gpus none``): hide them from the workers."""
+
+
+def plan_devices(gpus: str, workers: int | None, *, field: str = "--gpus") -> Devices:
+    """Resolve ``--gpus`` (``auto``, ``none`` or ids) against the GPUs found, without TensorFlow.
+
+    ``workers`` None means one worker per GPU in use, or 1 on the CPU.
+
+    Raises:
+        UserError: a GPU id that does not exist (one line).
+    """
+    found = discover()
+    chosen = parse_gpus(gpus, found, field=field)
+    n = workers if workers is not None else (len(chosen) if chosen else 1)
+    return Devices(gpus=chosen, workers=n, hide_gpus=chosen is None and bool(found))
+
+
 def run_sweep(
     *,
     spec: StudySpec,
     storage: str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    gpus: str | None = None,
     allow_spec_change: bool = False,
     on_progress: Callable[[Progress], None] | None = None,
     on_output: Callable[[int, str], None] | None = None,
@@ -262,9 +288,11 @@ def run_sweep(
     ``spec.study.n_trials`` is the study's total: a resumed study runs only the
     trials it still lacks. Raises :class:`~sweep.errors.Interrupted` after a
     SIGINT/SIGTERM once every worker has ended its trial as FAIL
-    ``interrupted``.
+    ``interrupted``. ``gpus`` (default: ``worker.gpus``) and ``workers`` (default: one per
+    GPU in use, else 1) are resolved by :func:`plan_devices`.
     """
-
+    devices = plan_devices(gpus or spec.worker.gpus, workers, field="--gpus" if gpus else "worker.gpus")
+    workers = devices.workers
     url = resolve_url(storage, spec.study.storage)
     spec = spec.with_artifacts(default_artifacts(url))
     target = spec.study.n_trials
@@ -284,7 +312,8 @@ def run_sweep(
         done = records.tally(study.get_trials(deepcopy=False)).done
         if on_start is not None:
             verb = "created" if created else f"resuming ({done} of {target if target is not None else '-'} done)"
-            on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s)")
+            where = f" on GPU {', '.join(devices.gpus)}" if devices.gpus else ""
+            on_start(f"study {spec.study.name} {verb} on {mask(url)}, {workers} worker(s){where}")
         return target is None or done < target
 
     supervise(
@@ -298,6 +327,8 @@ def run_sweep(
         on_output=on_output,
         prepare=prepare,
         policy=supervisor_policy(spec),
+        gpus=devices.gpus,
+        hide_gpus=devices.hide_gpus,
     )
     return summarize_study(prepared[0], url=url)
 
@@ -330,22 +361,30 @@ class Join:
     workers: int
     threads: int
     policy: Policy
+    devices: Devices
 
 
 def plan_join(
-    study_name: str, url: str, *, n_trials: int | None = None, timeout_s: float | None = None, workers: int = 1
+    study_name: str,
+    url: str,
+    *,
+    n_trials: int | None = None,
+    timeout_s: float | None = None,
+    workers: int | None = None,
+    gpus: str | None = None,
 ) -> Join:
     """Read an existing study's spec from the storage, and plan workers that join it.
 
     ``n_trials`` is the study's total (default: the target stored by ``sweep run``);
     ``timeout_s`` stops starting trials after that long (default: the study's own time
-    limit when it has no trial count).
+    limit when it has no trial count); ``gpus`` and ``workers`` as for :func:`run_sweep`.
 
     Raises:
         StudyNotFoundError: no such study.
-        UserError: the study was not created by ``sweep run``.
+        UserError: the study was not created by ``sweep run``, or a GPU that does not exist.
     """
     study, spec = open_sweep(study_name, url)
+    devices = plan_devices(gpus or spec.worker.gpus, workers, field="--gpus" if gpus else "worker.gpus")
     target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
     if timeout_s is None and target is None:
         timeout_s = spec.study.timeout  # a study with a time limit and no trial count
@@ -354,9 +393,10 @@ def plan_join(
         url=url,
         target=target,
         deadline=time.time() + timeout_s if timeout_s else None,
-        workers=workers,
-        threads=threads_per_worker(spec, workers),
+        workers=devices.workers,
+        threads=threads_per_worker(spec, devices.workers),
         policy=supervisor_policy(spec),
+        devices=devices,
     )
 
 
@@ -377,6 +417,8 @@ def join_sweep(
         on_progress=on_progress,
         on_output=on_output,
         policy=join.policy,
+        gpus=join.devices.gpus,
+        hide_gpus=join.devices.hide_gpus,
     )
 
 
@@ -399,8 +441,13 @@ def supervise(
     poll_s: float = 1.0,
     prepare: Callable[[], bool] | None = None,
     policy: Policy | None = None,
+    gpus: Sequence[str] | None = None,
+    hide_gpus: bool = False,
 ) -> None:
     """Run ``workers`` worker processes on the study until none has work left.
+
+    With ``gpus``, worker slot ``s`` sees only GPU ``gpus[s % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``,
+    set before it imports TensorFlow); ``hide_gpus`` hides every GPU from CPU workers.
 
     With ``prepare``, the first workers start at once and import TensorFlow
     (seconds) while ``prepare()`` creates or checks the study here; they open
@@ -433,10 +480,12 @@ def supervise(
     events: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()  # written by the relay threads
     last_error: dict[int, str] = {}
     received: list[int] = []
-    spares: list[subprocess.Popen[str]] = []  # at most one: a held worker, TensorFlow imported, no slot yet
-    recycling_soon = 0  # workers that said they will recycle soon and have no successor yet
+    # At most one spare: a held worker, TensorFlow imported, no slot yet, for the device of the
+    # slot that will recycle (it sees only that GPU from the start).
+    spares: list[tuple[subprocess.Popen[str], str]] = []
+    recycling: list[int] = []  # slots whose worker said it will recycle soon and has no successor yet
 
-    def spawn(slot: int | None, *, held: bool) -> subprocess.Popen[str]:
+    def spawn(slot: int | None, *, held: bool, device: str) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads)]
         if slot is not None:
             cmd += ["--slot", str(slot)]
@@ -448,7 +497,7 @@ def supervise(
             cmd.append("--await-go")
         return subprocess.Popen(
             cmd,
-            env=env,
+            env={**env, **worker_env(device, hide_gpus=hide_gpus)},
             stdin=subprocess.PIPE if held else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -464,26 +513,28 @@ def supervise(
         relays[slot].start()
 
     def start(slot: int, *, held: bool = False) -> None:
-        attach(slot, spawn(slot, held=held))
+        attach(slot, spawn(slot, held=held, device=assign(slot, gpus)))
 
     def replace(slot: int) -> None:
-        """A fresh worker in ``slot``: the spare if one is ready (its start-up already paid), else a new one."""
-        while spares:
-            spare = spares.pop()
-            if _send_go(spare, slot):
-                attach(slot, spare)
-                return
+        """A fresh worker in ``slot``: the spare if one is ready for its device (start-up paid), else a new one."""
+        for i, (spare, device) in enumerate(spares):
+            if device == assign(slot, gpus):
+                del spares[i]
+                if _send_go(spare, slot):
+                    attach(slot, spare)
+                    return
+                break
         start(slot)
 
     def drain() -> None:
-        nonlocal state, recycling_soon
+        nonlocal state
         while True:
             try:
                 what, slot, text = events.get_nowait()
             except queue.Empty:
                 return
             if what == RECYCLE_SOON:
-                recycling_soon += 1
+                recycling.append(slot)
             elif what == CONNECTED:
                 _, state = decide(Connected(slot, time.time()), state, policy)
             else:
@@ -547,17 +598,17 @@ def supervise(
                         failure = error(decision.message)
                         _signal_all(procs, signal.SIGTERM)  # each ends its trial as FAIL "interrupted"
                         stopping = True
-            if recycling_soon > 0 and not spares and not stopping and procs:
+            if recycling and not spares and not stopping and procs:
                 # A worker will recycle soon: start its successor now, so that the TensorFlow
                 # import overlaps that worker's last trials instead of leaving its core idle.
-                recycling_soon -= 1
-                spares.append(spawn(None, held=True))
+                device = assign(recycling.pop(0), gpus)
+                spares.append((spawn(None, held=True, device=device), device))
             if on_progress is not None and time.time() >= next_poll:
                 next_poll = time.time() + poll_s
                 _report(watched, study_name, url, target, started, on_progress)
             time.sleep(0.2)
     finally:
-        for spare in spares:  # held: it has touched nothing
+        for spare, _ in spares:  # held: it has touched nothing
             spare.kill()
             spare.wait()
         _stop_all(procs)

@@ -374,6 +374,8 @@ class TrainingSection(_Section):
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     clipnorm: float | None = Field(default=None, gt=0.0)
     steps_per_execution: int = Field(default=1, ge=1, le=1024)
+    mixed_precision: bool = False
+    """float16 compute with float32 variables on a GPU (ignored, with one line, on a CPU)."""
 
 
 class StabilitySection(_Section):
@@ -426,6 +428,8 @@ class WorkerSection(_Section):
     crash_limit: int = Field(default=3, ge=1)
     """Crashes of one worker slot within ``crash_window`` that stop the sweep."""
     crash_window: float = 600.0
+    gpus: Any = "auto"
+    """``auto`` (one worker per GPU found), ``none``, or the GPU ids to use (``[0, 1]`` or ``"0,1"``)."""
 
     @field_validator("outage_timeout", "crash_window", mode="before")
     @classmethod
@@ -440,6 +444,16 @@ class WorkerSection(_Section):
                 "grace_period must be longer than heartbeat_interval"
             )
         return self
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: Any) -> str:
+        if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                      for v in value):  # fmt: skip
+            return ",".join(str(v) for v in value)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise ValueError(f"got {value!r}; allowed: 'auto', 'none', or GPU ids such as [0, 1] or \"0,1\"")
 
     @field_validator("threads")
     @classmethod

@@ -97,6 +97,29 @@ def configure_threads(threads: int) -> None:
         pass
 
 
+def prepare_gpus() -> int:
+    """Let TensorFlow take GPU memory as it needs it (not all at once); return the GPUs it can use.
+
+    Must run before TensorFlow does any work. Several workers can then share a GPU, and a
+    worker's memory shows what its models need.
+    """
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: keep what it has
+            pass
+    return len(gpus)
+
+
+def set_mixed_precision(enabled: bool) -> None:
+    """Train in float16 with float32 variables (Keras' ``mixed_float16``); outputs stay float32."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
+
+
 def fit_repeat(
     params: Hyperparams,
     *,

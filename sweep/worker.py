@@ -97,6 +97,13 @@ def run_worker(
     from sweep.train import configure_threads
 
     configure_threads(threads)  # imports TensorFlow, and sizes its pools before it does any work
+    from sweep.devices import ENV_DEVICE, describe
+    from sweep.train import prepare_gpus, set_mixed_precision
+
+    assigned = os.environ.get(ENV_DEVICE, "cpu")
+    device = describe(assigned, prepare_gpus())  # memory growth on, before any work
+    if device != assigned:
+        log.warning("%s: TensorFlow sees no GPU; training on the CPU", device.split("(", 1)[1].rstrip(")"))
     from sweep.dashboard import artifact_store, refresh_study, write_trial
     from sweep.data import check_fingerprint, data_kwargs, load_dataset
     from sweep.objective import Objective
@@ -111,6 +118,11 @@ def run_worker(
         slot = slot if given is None else given
     study, spec = open_sweep(study_name, url)
     print(CONNECTED, flush=True)
+    if spec.training.mixed_precision:
+        if device.startswith("gpu:"):
+            set_mixed_precision(True)
+        else:
+            log.warning("training.mixed_precision needs a GPU; this worker trains in float32 on the CPU")
     target = target if target is not None else study.user_attrs.get(records.TARGET)
     dataset = load_dataset(**data_kwargs(spec.data))
     recorded = study.user_attrs.get(records.FINGERPRINT)
@@ -127,6 +139,7 @@ def run_worker(
 
     def before_trial(trial: optuna.Trial) -> None:
         trial.set_user_attr(records.WORKER, me)
+        trial.set_user_attr(records.DEVICE, device)
         trials = study.get_trials(deepcopy=False)
         retry_of = trial.user_attrs.get("retry_of")
         if retry_of is not None and any(

@@ -408,3 +408,17 @@ def test_search_quality_aggregates_ranks_and_ratios_per_cell() -> None:
                                tools)  # fmt: skip
     assert diverged["random"].mean_rank == 3.0 and diverged["random"].mean_relative == math.inf
     assert against_others(diverged, attribute="mean_relative") == 0.5
+
+
+def test_the_gpu_benchmark_says_no_gpu_and_skips_where_there_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import gpu
+    from benchmarks.harness import Context
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    res = gpu.run(Context(quick=True, workdir=tmp_path, verbose=False))
+    assert res.error is None and res.raw == {"gpus": []}
+    assert len(res.rows) == 3
+    assert all(row.value is None and row.note == "no GPU on this machine: skipped" for row in res.rows)
