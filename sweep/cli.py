@@ -267,15 +267,25 @@ def best(
         Path, typer.Option("--out", help="Folder for the saved model (.keras) and its JSON config.")
     ] = Path("best"),
     trial: Annotated[int | None, typer.Option("--trial", help="Retrain this trial instead of the top-ranked.")] = None,
+    format_: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Retrain the top-ranked configuration with fresh seeds; compare with the prediction; save it."""
+    """Retrain the top-ranked configuration with fresh seeds, say whether it held up, and save it.
+
+    The saved model takes the raw inputs of the study's data (the scaling is inside it) and
+    loads with plain keras.models.load_model. Verdict: held up when the retrained mean tail
+    loss is within the trial's own repeat spread of the predicted one. Exit 0 either way.
+    """
     with _errors():
         from sweep.retrain import retrain_best
         from sweep.storage import resolve_url
 
+        fmt = _choice("--format", format_, ("table", "json"))
         result = retrain_best(
             study_name, url=resolve_url(storage), seeds=retrain_seeds, out_dir=out_dir, trial_number=trial
         )
+        if fmt == "json":
+            out.print_json(json.dumps(result.as_dict()))
+            return
         predicted = result.predicted_tail_mean
         out.print(f"trial {result.trial_number}: " + " ".join(f"{k}={_fmt(v)}" for k, v in result.params.items()))
         out.print(f"predicted tail val loss {_fmt(predicted)} (score {_fmt(result.predicted_score)})")
@@ -283,7 +293,36 @@ def best(
             delta = f" ({loss - predicted:+.4g})" if predicted is not None else ""
             out.print(f"  seed {seed}: tail val loss {_fmt(loss)}{delta}")
         out.print(f"retrained mean {_fmt(result.mean)} ± {_fmt(result.std)} over {len(result.seeds)} seeds")
-        out.print(f"saved {result.model_path} and {result.config_path}")
+        out.print(
+            f"verdict: {result.verdict} (retrained {_fmt(result.mean)} vs predicted {_fmt(predicted)}, "
+            f"the trial's repeat spread {_fmt(result.spread)})"
+        )
+        valid = ", ".join(f"{k} {_fmt(v)}" for k, v in (result.saved_valid or {}).items())
+        out.print(f"saved {result.model_path} (raw inputs; validation {valid}) and {result.config_path}")
+
+
+@app.command()
+def predict(
+    model_file: Annotated[Path, typer.Argument(help="A model saved by 'sweep best' (.keras).", show_default=False)],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Inputs: an .npz with an array X of raw inputs, or a .csv with the study's feature columns "
+            "(tabular studies).",
+            show_default=False,
+        ),
+    ],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the predictions (CSV). Default: beside --data.")
+    ] = None,
+) -> None:
+    """Predict with a model saved by 'sweep best', on raw inputs in the study's format."""
+    with _errors():
+        from sweep.predict import predict_file
+
+        written, n = predict_file(model_file, data, out_file)
+        out.print(f"{n} predictions written to {written}")
 
 
 def _fmt(value: Any) -> str:

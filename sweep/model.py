@@ -10,12 +10,14 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sweep.errors import SpecError
 
 if TYPE_CHECKING:
     import keras
 
-    from sweep.data import Dataset
+    from sweep.data import Dataset, Prepared
     from sweep.space import Hyperparams
 
 
@@ -144,6 +146,42 @@ def build_model(
         steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def export_model(trained: keras.Model, *, shape: ModelShape, prepared: Prepared) -> keras.Model:
+    """``trained`` as a model of the raw inputs: the scaling fitted on the training rows is inside it.
+
+    The features are standardised by a ``Normalization`` layer holding the training rows'
+    mean and variance (padded steps of variable-length sequences are masked on the raw
+    input, as the trained model masked them on the scaled one); for regression a frozen
+    ``Dense`` layer undoes the target scaling, so the outputs are in the data's own units.
+    Only built-in Keras layers: ``keras.models.load_model`` reads the file without sweep.
+    """
+    import keras
+    from keras import layers
+
+    from sweep.data import PAD_VALUE
+
+    inputs = keras.Input(shape=shape.input_shape, name="raw_inputs")
+    x = inputs
+    if shape.masked:
+        x = layers.Masking(mask_value=PAD_VALUE, name="padding")(x)
+    x = layers.Normalization(
+        axis=-1,
+        mean=prepared.x_mean.astype("float64").tolist(),
+        variance=(prepared.x_scale.astype("float64") ** 2).tolist(),
+        name="standardise_features",
+    )(x)
+    for layer in trained.layers:
+        if isinstance(layer, layers.InputLayer | layers.Masking):
+            continue  # the trained model's masking looked at scaled zeros; the mask now comes from the raw input
+        x = layer(x)
+    if prepared.y_mean is not None and prepared.y_scale is not None:
+        scale = np.atleast_1d(prepared.y_scale).astype("float32")
+        unscale = layers.Dense(scale.size, trainable=False, name="unscale_targets", dtype="float32")
+        x = unscale(x)
+        unscale.set_weights([np.diag(scale), np.atleast_1d(prepared.y_mean).astype("float32")])
+    return keras.Model(inputs, x, name=f"{trained.name}_raw_inputs")
 
 
 def make_optimizer(

@@ -10,6 +10,7 @@ the run with the median tail loss: representative, not the luckiest.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +18,20 @@ from typing import Any
 
 from sweep import records
 from sweep.errors import UserError
+
+
+def verdict(predicted: float | None, retrained_mean: float, spread: float | None) -> str:
+    """Whether the winner held up: its retrained tail loss within the sweep's own spread of the prediction.
+
+    ``held up`` when ``|retrained mean - predicted| <= spread``, else ``worse than predicted`` or
+    ``better than predicted``; ``no prediction`` when the trial recorded none.
+    """
+    if predicted is None or spread is None or not math.isfinite(predicted) or not math.isfinite(retrained_mean):
+        return "no prediction"
+    if abs(retrained_mean - predicted) <= spread:
+        return "held up"
+    return "worse than predicted" if retrained_mean > predicted else "better than predicted"
+
 
 FRESH_SEED_OFFSET = 10_000
 """Retraining seeds start here above the study's seed, far from the repeats' seeds."""
@@ -35,6 +50,12 @@ class RetrainResult:
     std: float
     model_path: str
     config_path: str
+    spread: float | None = None
+    """The sweep's own spread for this trial: the std of its repeats' tail means (its tail_std with one repeat)."""
+    verdict: str = ""
+    """``held up``, ``better than predicted`` or ``worse than predicted`` (see :func:`verdict`)."""
+    saved_valid: dict[str, float] | None = None
+    """The saved model's validation loss (and metric) on the split it was trained on, in the study's units."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,8 +94,8 @@ def retrain_best(
         raise UserError(f"study {study_name!r} has no complete trial to retrain yet")
     top = ranked[0]
 
-    from sweep.data import check_fingerprint, data_kwargs, load_dataset, make_splits, prepare, repeat_seed
-    from sweep.model import model_shape
+    from sweep.data import PAD_VALUE, check_fingerprint, data_kwargs, load_dataset, make_splits, prepare, repeat_seed
+    from sweep.model import export_model, model_shape
     from sweep.runner import default_workers
     from sweep.space import Hyperparams
     from sweep.stability import summarize
@@ -111,9 +132,16 @@ def retrain_best(
     tails = [t for t, _, _ in runs]
     median_run = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
     model_path = out_dir / f"{study_name}-trial{top.number}.keras"
-    median_run[2].save(model_path)
+    trained = median_run[2]
+    scores = trained.evaluate(data.x_valid, data.y_valid, verbose=0, return_dict=True)
+    saved_valid = {str(k): float(v) for k, v in scores.items()}
+    export_model(trained, shape=shape, prepared=data).save(model_path)
     runs.clear()
     release()
+    attrs = study.trials[top.number].user_attrs
+    means = [m for m in attrs.get("repeat_means") or [] if isinstance(m, int | float)]
+    spread = statistics.stdev(means) if len(means) > 1 else top.tail_std
+    mean = statistics.fmean(tails)
 
     result = RetrainResult(
         study_name=study_name,
@@ -123,10 +151,13 @@ def retrain_best(
         predicted_score=top.score,
         seeds=seed_list,
         tail_losses=tuple(tails),
-        mean=statistics.fmean(tails),
+        mean=mean,
         std=statistics.pstdev(tails) if len(tails) > 1 else 0.0,
         model_path=str(model_path),
         config_path=str(out_dir / f"{study_name}-trial{top.number}.json"),
+        spread=spread,
+        verdict=verdict(top.tail_mean, mean, spread),
+        saved_valid=saved_valid,
     )
     config = {
         "study": study_name,
@@ -140,7 +171,31 @@ def retrain_best(
         "retrained": {
             "seeds": list(seed_list),
             "tail_losses": [records.finite_or_none(t) for t in tails],
+            "mean": records.finite_or_none(mean),
             "saved_seed": median_run[1],
+        },
+        "verdict": {
+            "verdict": result.verdict,
+            "rule": "held up when |retrained mean - predicted tail_mean| <= the trial's repeat spread",
+            "predicted_tail_mean": top.tail_mean,
+            "retrained_mean": records.finite_or_none(mean),
+            "spread": spread,
+        },
+        "saved_model": {
+            "file": model_path.name,
+            "inputs": "the raw inputs of the study's data source, shape " + str(list(shape.input_shape))
+            + (f"; padded time steps all {PAD_VALUE}" if shape.masked else ""),
+            "outputs": "class probabilities" if data.y_mean is None else "targets in the data's own units",
+            "classes": None if dataset.classes is None else [str(c) for c in dataset.classes],
+            "valid": saved_valid,
+            "split": {"seed": base, "validation_fraction": spec.data.validation_fraction},
+        },
+        "preprocessing": {
+            "x_mean": data.x_mean.tolist(),
+            "x_scale": data.x_scale.tolist(),
+            "y_mean": None if data.y_mean is None else data.y_mean.tolist(),
+            "y_scale": None if data.y_scale is None else data.y_scale.tolist(),
+            "inside_the_model": True,
         },
         "data_fingerprint": study.user_attrs.get(records.FINGERPRINT),
     }

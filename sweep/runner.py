@@ -183,7 +183,7 @@ def prepare_study(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(
-            ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability score"]
+            ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability_score"]
         )
     study.set_user_attr(records.SPEC, new)  # last: its presence marks a complete creation
     return study, True

@@ -28,7 +28,7 @@ def test_create_stores_spec_fingerprint_target_versions(storage_url: str, tmp_pa
     assert len(attrs[records.FINGERPRINT]) == 64
     assert attrs[records.TARGET] == 3
     assert {"optuna", "tensorflow", "python"} <= set(attrs[records.VERSIONS])
-    assert study.metric_names == ["stability score"]
+    assert study.metric_names == ["stability_score"]
     again, created_again = prepare_study(spec, url=storage_url)
     assert not created_again and again.study_name == "tiny"
 
