@@ -223,15 +223,28 @@ def status(
 def rank_(
     study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
     storage: StorageOpt = None,
-    top: Annotated[int | None, typer.Option("--top", min=1, help="Show the best K only.")] = None,
-    format_: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    by: Annotated[str, typer.Option("--by", help="Sort by this field (lower is better).")] = "score",
+    top: Annotated[
+        int | None,
+        typer.Option("--top", min=1, help=f"Show the best K only. Default: {TABLE_ROWS} in a table, all in json/csv."),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="Output: table, json or csv.")] = "table",
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="Sort by this field, lower is better: score, tail_mean, tail_std, best, degradation, "
+            "oscillation, gap or repeat_spread.",
+        ),
+    ] = "score",
     risk: Annotated[
         float | None, typer.Option("--risk", help="Re-score with this risk (score = tail_mean + risk * tail_std).")
     ] = None,
     tail: Annotated[int | None, typer.Option("--tail", help="Re-score with a tail window of W epochs.")] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Also list pruned and failed trials (after complete ones).")
+    ] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every score component and parameter, whatever the terminal's width.")
     ] = False,
 ) -> None:
     """Trials ranked by validation-loss stability, with a diagnosis and a hint for each."""
@@ -251,7 +264,8 @@ def rank_(
         elif fmt == "csv":
             _write_csv(rows)
         else:
-            _print_rank_table(study_name, rows)
+            used = _ranking_used(study_name, resolve_url(storage), by=by, risk=risk, tail=tail)
+            _print_rank_table(study_name, rows, wide=wide, used=used)
             if hidden:
                 out.print(f"({hidden} more; --top K shows more, --format json or csv shows all)", markup=False)
 
@@ -348,18 +362,17 @@ _PARAM_HEADERS = {
 _COMPONENTS = ("score", "tail_mean", "tail_std", "best", "degradation", "oscillation", "gap", "repeat_spread")
 
 
-def _print_rank_table(study_name: str, rows: list[Any]) -> None:
+_DEFAULT_COMPONENTS = ("score", "tail_mean", "tail_std")
+_COMPONENT_HEADERS = {"degradation": "degr", "oscillation": "osc", "repeat_spread": "spread"}
+
+
+def _rank_table(title: str, rows: list[Any], components: tuple[str, ...], params: list[str]) -> Any:
     from rich.table import Table
 
-    if not rows:
-        out.print(f"{study_name}: no trials to rank yet (complete trials only; --all shows the others)")
-        return
-    table = Table(title=f"{study_name}: ranked by stability score (lower is better)", title_justify="left")
-    headers = ("rank", "trial", "score", "tail_mean", "tail_std", "best", "degr", "osc", "gap", "spread")
-    for name in headers:
+    table = Table(title=title, title_justify="left")
+    for name in ("rank", "trial", *(_COMPONENT_HEADERS.get(c, c) for c in components)):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("diagnosis", no_wrap=True)
-    params = [p for p in _PARAM_HEADERS if any(p in r.params for r in rows)]
     for p in params:
         table.add_column(_PARAM_HEADERS[p], justify="right", no_wrap=True)
     for r in rows:
@@ -367,15 +380,57 @@ def _print_rank_table(study_name: str, rows: list[Any]) -> None:
         table.add_row(
             str(r.rank),
             str(r.number),
-            *(_fmt(getattr(r, f)) for f in _COMPONENTS),
+            *(_fmt(getattr(r, f)) for f in components),
             label if r.state == "COMPLETE" or label == r.state.lower() else f"{label} ({r.state.lower()})",
             *(_fmt(r.params.get(p)) for p in params),
         )
-    wide = Console(highlight=False, width=max(out.width, 1000))
-    wide.print(table)
+    return table
+
+
+def _ranking_used(study_name: str, url: str, *, by: str, risk: float | None, tail: int | None) -> str:
+    """What the ranking sorted by, with the risk and tail it used (the study's own unless given)."""
+    from sweep.report import read_trials
+    from sweep.storage import stored_spec
+
+    attrs, _ = read_trials(study_name, url=url, keys=())
+    stability = stored_spec(study_name, attrs).stability
+    r = stability.risk if risk is None else risk
+    t = stability.tail if tail is None else tail
+    score = f"score = tail_mean + {r:g} x tail_std over the last {t} epochs"
+    if by != "score":
+        return f"ranked by {by}, lower is better ({score})"
+    return f"ranked by {score}, lower is better"
+
+
+def _print_rank_table(study_name: str, rows: list[Any], *, wide: bool, used: str) -> None:
+    """The ranking as a table that fits the terminal: searched parameters are dropped from the right
+    until it does (``--wide``: every component and parameter, whatever the width)."""
+    from rich.measure import Measurement
+
+    if not rows:
+        out.print(f"{study_name}: no trials to rank yet (complete trials only; --all shows the others)")
+        return
+    title = f"{study_name}: {used}"
+    components = _COMPONENTS if wide else _DEFAULT_COMPONENTS
+    searched = [p for p in _PARAM_HEADERS if len({repr(r.params.get(p)) for r in rows if p in r.params}) > 1]
+    params = [p for p in _PARAM_HEADERS if any(p in r.params for r in rows)] if wide else searched
+    table = _rank_table(title, rows, components, params)
+    if wide:
+        Console(highlight=False, width=max(out.width, 1000)).print(table)
+    else:
+        shown = list(params)
+        unbounded = out.options.update_width(100_000)  # the table's natural width, not clamped to the terminal
+        while shown and Measurement.get(out, unbounded, table).maximum > out.width:
+            shown.pop()
+            table = _rank_table(title, rows, components, shown)
+        out.print(table, soft_wrap=False, crop=False)
+        if len(shown) < len(params):
+            hidden = ", ".join(_PARAM_HEADERS[p] for p in params[len(shown):])
+            out.print(f"(not shown to fit {out.width} columns: {hidden}; --wide shows every column)", markup=False)
     for r in rows:
         if r.diagnosis not in (None, "stable") or r.fail_reason:
-            wide.print(f"#{r.number} {r.diagnosis or r.state.lower()}: {r.hint or r.fail_reason}", markup=False)
+            out.print(f"#{r.number} {r.diagnosis or r.state.lower()}: {r.hint or r.fail_reason}", markup=False,
+                      soft_wrap=wide)  # fmt: skip
 
 
 def _write_csv(rows: list[Any]) -> None:

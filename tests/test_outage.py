@@ -121,10 +121,7 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
         epochs = "SELECT count(*) FROM trial_intermediate_values"
         wait_for(lambda: _sql(server.url, epochs)[0][0][0] >= 2, timeout=120, what="two epochs reported",  # type: ignore[index]
                  ignore=NOT_YET)  # fmt: skip
-        server.stop()
-        time.sleep(30)
-        server.start()
-        out, err = proc.communicate(timeout=600)
+        out, err = _outage(server, proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -138,6 +135,14 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
     assert "Traceback" not in out + err
     assert "storage unreachable" in out + err  # one line when the wait began
     assert "storage back after" in out + err  # and one when it ended
+
+
+def _outage(server: Server, proc: subprocess.Popen[str], seconds: float = 30) -> tuple[str, str]:
+    """Stop the server for ``seconds``, start it again, and wait for the sweep to end; its output."""
+    server.stop()
+    time.sleep(seconds)
+    server.start()
+    return proc.communicate(timeout=600)
 
 
 def _running(server: Server) -> Callable[[], bool]:
@@ -180,10 +185,7 @@ def test_a_database_outage_at_the_end_of_a_trial_loses_nothing(server: Server, t
         held = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
         wait_for(lambda: _sql(server.url, held)[0][0][0] == 1, timeout=180, what="the first trial's tell",  # type: ignore[index]
                  ignore=NOT_YET)  # fmt: skip
-        server.stop()  # the tell is in flight: its transaction dies with the server
-        time.sleep(30)
-        server.start()
-        out, err = proc.communicate(timeout=600)
+        out, err = _outage(server, proc)  # the tell is in flight: its transaction dies with the server
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -256,3 +256,20 @@ def test_a_split_harder_for_every_trial_makes_none_unstable(tmp_path: Path) -> N
     assert ranked[5].repeat_spread == pytest.approx(0.295, abs=1e-3)
     # the score holds no split-to-split spread: trial 5's score is trial 0's lowered by the mean shift
     assert ranked[5].score == pytest.approx(ranked[0].score - 0.3, rel=1e-9)
+
+
+@pytest.mark.parametrize("columns", [100, 80])
+def test_rank_fits_the_terminal_and_says_what_it_ranked_by(tmp_path: Path, columns: int) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    table = run_cli("rank", "ranked", "--storage", url, "--risk", "0", env={"COLUMNS": str(columns)})
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, "\n".join(line for line in lines if len(line) > columns)
+    words = " ".join(table.stdout.split())  # the title wraps at the table's width
+    assert "ranked by score = tail_mean + 0 x tail_std over the last 5 epochs, lower is better" in words
+    assert "diagnosis" in table.stdout and "overfitting" in table.stdout
+    wide = run_cli("rank", "ranked", "--storage", url, "--wide", env={"COLUMNS": str(columns)})
+    assert wide.returncode == 0, wide.stderr
+    header = next(line for line in wide.stdout.splitlines() if "trial" in line and "diagnosis" in line)
+    assert all(name in header for name in ("degr", "osc", "gap", "spread", "layers", "units", "opt"))
