@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -480,17 +481,38 @@ def dashboard(
         err.print(f"optuna-dashboard on {mask(url)}" + (f", artifacts in {location}" if location else ""), markup=False)
         # SIGTERM (docker stop, a Kubernetes pod deleted) stops the server like Ctrl-C; without a
         # handler, a process that runs as PID 1 in a container would ignore it.
-        signal.signal(signal.SIGTERM, _stop_serving)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop_serving)
         try:
             serve(url, host=host, port=port, artifacts=location, on_ready=lambda link: out.print(link, markup=False))
         except KeyboardInterrupt:
             pass
         except OSError as exc:
             raise UserError(f"--port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        err.print("stopped")
+        _stopped()
+
+
+STOP_GRACE_S = 5.0
+"""How long the dashboard may take to stop after SIGINT/SIGTERM before it exits regardless."""
+
+
+def _stopped() -> None:
+    err.print("stopped")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Nothing here needs tearing down: the database has committed or rolled back every write the
+    # dashboard made, and a request cut short by the signal may leave a connection or lock behind
+    # that the interpreter's exit would wait on for ever.
+    os._exit(0)
 
 
 def _stop_serving(signum: int, frame: object) -> None:
+    """Stop the server as Ctrl-C does; if it has not stopped within a few seconds, exit anyway."""
+    import threading
+
+    watchdog = threading.Timer(STOP_GRACE_S, _stopped)
+    watchdog.daemon = True
+    watchdog.start()
     raise KeyboardInterrupt
 
 

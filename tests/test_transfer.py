@@ -227,7 +227,7 @@ def test_round_trip_keeps_every_trial_and_study_field(source: tuple[str, optuna.
     assert _study_system_attrs(copied) == _study_system_attrs(original)
     assert _study_system_attrs(copied)["sweep:test"] == {"nested": [1, 2.5, None]}
     assert copied.directions == original.directions
-    assert copied.metric_names == original.metric_names == ["stability score"]
+    assert copied.metric_names == original.metric_names == ["stability_score"]
 
     src_beats, dst_beats = _heartbeats(url, "alpha"), _heartbeats(storage_url, "alpha")
     assert set(dst_beats) == set(src_beats) == {6}
