@@ -34,12 +34,22 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+_STORAGE_HELP = "Storage URL (sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://..., grpc://HOST:PORT)."
 StorageOpt = Annotated[
     str | None,
     typer.Option(
         "--storage",
-        help="Storage URL (sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://...). "
-        "Default: $SWEEP_STORAGE, then the study file's, then sqlite:///sweep.db.",
+        metavar="URL",
+        help=f"{_STORAGE_HELP} Default: $SWEEP_STORAGE, then sqlite:///sweep.db.",
+        show_default=False,
+    ),
+]
+FileStorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        metavar="URL",
+        help=f"{_STORAGE_HELP} Default: $SWEEP_STORAGE, then the study file's study.storage, then sqlite:///sweep.db.",
         show_default=False,
     ),
 ]
@@ -111,10 +121,14 @@ def run(
     timeout: Annotated[
         str | None, typer.Option("--timeout", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d.")
     ] = None,
-    storage: StorageOpt = None,
+    storage: FileStorageOpt = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a study-file field: SECTION.KEY=VALUE (repeatable)."),
+        typer.Option(
+            "--set",
+            metavar="SECTION.KEY=VALUE",
+            help="Override a study-file field, the value read as TOML (strings in quotes); repeatable.",
+        ),
     ] = None,
     workers: Annotated[
         str | None,
@@ -455,7 +469,7 @@ def dashboard(
     study_file: Annotated[
         Path | None, typer.Argument(help="A study file (its storage and artifact folder are used).", show_default=False)
     ] = None,
-    storage: StorageOpt = None,
+    storage: FileStorageOpt = None,
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")
     ] = "127.0.0.1",

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -274,8 +275,26 @@ def serve(url: str, *, host: str, port: int, artifacts: str | None, on_ready: Ca
 
     storage = open_storage(url, create=False)
     store = artifact_store(artifacts)
-    on_ready(f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/dashboard")
+    link = f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/dashboard"
+    threading.Thread(target=_announce_when_answering, args=(link, on_ready), daemon=True).start()
     optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+
+
+def _announce_when_answering(link: str, on_ready: Callable[[str], None], timeout_s: float = 300.0) -> None:
+    """Call ``on_ready(link)`` once the server answers there (not before: a link that fails is no use)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(link, timeout=2) as response:
+                if response.status == 200:
+                    on_ready(link)
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.2)
 
 
 def _finite(values: Any) -> list[float]:

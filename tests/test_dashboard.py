@@ -49,7 +49,7 @@ from sweep.spec import StudySpec, load_spec
 from sweep.stability import Diagnosis, summarize
 from sweep.storage import default_artifacts
 from sweep.train import Curves, Stop, TrialOutcome
-from tests.helpers import ROOT, run_cli, write_study
+from tests.helpers import ROOT, run_cli, wait_for, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
@@ -496,16 +496,20 @@ def test_sigterm_stops_the_dashboard_cleanly(tmp_path: Path) -> None:
     result = run_cli("run", str(write_study(tmp_path, n_trials=1, epochs=1)), "--storage", url, "-q")
     assert result.returncode == 0, result.stderr
     port = _free_port()
-    err_log = tmp_path / "dashboard.err"
+    out_log, err_log = tmp_path / "dashboard.out", tmp_path / "dashboard.err"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SWEEP_STORAGE", None)
-    with err_log.open("w") as err:
+    with out_log.open("w") as out, err_log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweep", "dashboard", "--storage", url, "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+            cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
         )  # fmt: skip
     try:
-        _wait_for_server(f"http://127.0.0.1:{port}/dashboard", proc, err_log)
+        # The URL is printed once the server answers there: a request right after it succeeds.
+        link = f"http://127.0.0.1:{port}/dashboard"
+        wait_for(lambda: out_log.read_text().strip() == link, timeout=SERVER_WAIT_S, what="the URL on standard output")
+        with urllib.request.urlopen(link, timeout=5) as response:
+            assert response.status == 200
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)  # without a handler it would die at once with -15
     finally:
@@ -554,7 +558,8 @@ def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path:
         )
     try:
         _wait_for_server(f"http://127.0.0.1:{port}/dashboard", proc, err_log)
-        assert out_log.read_text().strip() == f"http://127.0.0.1:{port}/dashboard"
+        link = f"http://127.0.0.1:{port}/dashboard"
+        wait_for(lambda: out_log.read_text().strip() == link, timeout=10, what="the URL on standard output")
         assert f"artifacts in {artifacts.resolve()}" in err_log.read_text()
         base = f"http://127.0.0.1:{port}"
 
