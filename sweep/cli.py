@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -595,6 +596,15 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def eta_seconds(*, done: int, elapsed: float, remaining: int) -> float | None:
+    """Seconds left at the pace of this run so far (``done`` trials in ``elapsed`` s); None before the first."""
+    if remaining <= 0:
+        return 0.0
+    if done <= 0 or elapsed <= 0:
+        return None
+    return elapsed / done * remaining
+
+
 @contextlib.contextmanager
 def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any]]:
     """A live bar (trials done of the target, best score, elapsed, ETA) with worker lines above it.
@@ -609,15 +619,18 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
 
         yield None, quiet_line
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
     from rich.text import Text
+
+    class Eta(ProgressColumn):
+        """Counts down to the finish projected at the last trial that counted (it does not freeze between)."""
+
+        def render(self, task: Any) -> Text:
+            finish = task.fields.get("finish_at")
+            if finish is None:
+                return Text("-:--:--", style="progress.remaining")
+            left = max(0, int(finish - time.monotonic()))
+            return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}", style="progress.remaining")
 
     bar = Progress(
         TextColumn("trials"),
@@ -626,17 +639,25 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
         TextColumn("{task.fields[best]}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
-        TimeRemainingColumn(),
+        Eta(),
         console=err,
         transient=False,
     )
-    task = bar.add_task("sweep", total=target, best="best -")
+    task = bar.add_task("sweep", total=target, best="best -", finish_at=None)
+    first: list[int] = []  # trials done when this run began (a resumed study has some)
+    last: list[int] = []
 
     def on_progress(p: Any) -> None:
         if not bar.live.is_started:
             bar.start()
         best = f"best {p.best_value:.4g} (#{p.best_number})" if p.best_value is not None else "best -"
-        bar.update(task, completed=p.done, total=p.target, best=best)
+        first[:] = first or [p.done]
+        fields: dict[str, Any] = {}
+        if last != [p.done]:  # a trial counted: project the finish again from the pace so far
+            last[:] = [p.done]
+            left = eta_seconds(done=p.done - first[0], elapsed=p.elapsed, remaining=(p.target or 0) - p.done)
+            fields["finish_at"] = None if left is None else time.monotonic() + left
+        bar.update(task, completed=p.done, total=p.target, best=best, **fields)
 
     def on_output(slot: int, line: str) -> None:
         bar.console.print(Text.assemble((f"w{slot} ", "dim"), line), highlight=False)

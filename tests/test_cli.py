@@ -254,3 +254,11 @@ def test_a_wrong_type_in_a_study_file_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().endswith("training.max_epochs: got '3'; allowed: an integer")
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_eta_counts_from_this_runs_pace() -> None:
+    from sweep.cli import eta_seconds
+
+    assert eta_seconds(done=0, elapsed=30.0, remaining=10) is None  # nothing to judge the pace by yet
+    assert eta_seconds(done=4, elapsed=40.0, remaining=6) == pytest.approx(60.0)
+    assert eta_seconds(done=3, elapsed=30.0, remaining=0) == 0.0
