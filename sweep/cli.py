@@ -405,11 +405,9 @@ def _rank_table(title: str, rows: list[Any], components: tuple[str, ...], params
 
 def _ranking_used(study_name: str, url: str, *, by: str, risk: float | None, tail: int | None) -> str:
     """What the ranking sorted by, with the risk and tail it used (the study's own unless given)."""
-    from sweep.report import read_trials
-    from sweep.storage import stored_spec
+    from sweep.report import study_spec
 
-    attrs, _ = read_trials(study_name, url=url, keys=())
-    stability = stored_spec(study_name, attrs).stability
+    stability = study_spec(study_name, url=url).stability
     r = stability.risk if risk is None else risk
     t = stability.tail if tail is None else tail
     score = f"score = tail_mean + {r:g} x tail_std over the last {t} epochs"

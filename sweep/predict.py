@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,11 @@ def read_inputs(data_file: Path, config: dict[str, Any], input_shape: tuple[int,
                 if "X" not in arrays:
                     raise UserError(f"--data: {data_file} has no array 'X' (it has: {', '.join(arrays.files)})")
                 x = np.asarray(arrays["X"], dtype=np.float32)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--data: cannot read {data_file} as .npz: {exc}") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise UserError(f"--data: cannot read {data_file} as .npz: {reason}") from None
     elif suffix == ".csv":
-        x = _read_csv(data_file, config, input_shape)
+        x = _read_csv(data_file, config)
     else:
         raise UserError(f"--data: got {data_file.name!r}; allowed: a .npz file with X, or a .csv file")
     if tuple(x.shape[1:]) != tuple(input_shape) or x.shape[0] == 0:
@@ -67,7 +69,7 @@ def read_inputs(data_file: Path, config: dict[str, Any], input_shape: tuple[int,
     return x
 
 
-def _read_csv(data_file: Path, config: dict[str, Any], input_shape: tuple[int, ...]) -> np.ndarray:
+def _read_csv(data_file: Path, config: dict[str, Any]) -> np.ndarray:
     section = config.get("data") or {}
     if section.get("source") != "csv" or section.get("lookback") or section.get("group"):
         raise UserError(
@@ -96,7 +98,7 @@ def _read_csv(data_file: Path, config: dict[str, Any], input_shape: tuple[int, .
                 raise UserError(
                     f"--data: {data_file} row {r + 2} column {features[c]!r} is {cell!r}; allowed: a number"
                 ) from None
-    return values.reshape((values.shape[0], *input_shape))
+    return values
 
 
 def predict_file(model_file: Path, data_file: Path, out_file: Path | None = None) -> tuple[Path, int]:

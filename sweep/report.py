@@ -16,7 +16,7 @@ from typing import Any
 
 from sweep import records
 from sweep.errors import StudyNotFoundError, UserError
-from sweep.spec import PARAM_NAMES
+from sweep.spec import PARAM_NAMES, StudySpec
 from sweep.stability import Diagnosis, judge_spread, residual_spread, split_reference, window_words
 from sweep.storage import load_study, mask, read_engine, storage_error, stored_spec
 
@@ -55,6 +55,8 @@ class RankedTrial:
     fail_reason: str | None = None
     n_repeats: int | None = None
     stopped: str | None = None
+    repeat_means: list[float] | None = None
+    """Each repeat's tail mean (the spread a retrain is judged against)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +116,11 @@ def read_trials(study_name: str, *, url: str, keys: Sequence[str]) -> tuple[dict
     """
     study = _open(study_name, url)
     return study.user_attrs, _read_rows(study, keys=keys)
+
+
+def study_spec(study_name: str, *, url: str) -> StudySpec:
+    """The spec ``sweep run`` stored with the study, read without its trials."""
+    return stored_spec(study_name, _open(study_name, url).user_attrs)
 
 
 def study_status(study_name: str, *, url: str) -> StudyStatus:
@@ -261,9 +268,17 @@ def _rank_rows(rows: Sequence[TrialRow], *, by: str, include_all: bool) -> list[
                 fail_reason=a.get(records.FAIL_REASON),
                 n_repeats=a.get("n_repeats") if isinstance(a.get("n_repeats"), int) else None,
                 stopped=a.get(records.STOPPED),
+                repeat_means=_nums(a.get("repeat_means")),
             )
         )
     return out
+
+
+def _nums(values: Any) -> list[float] | None:
+    if not isinstance(values, list):
+        return None
+    numbers = [_num(v) for v in values]
+    return None if any(n is None for n in numbers) else [n for n in numbers if n is not None]
 
 
 def _num(value: Any) -> float | None:

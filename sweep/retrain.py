@@ -138,8 +138,7 @@ def retrain_best(
     export_model(trained, shape=shape, prepared=data).save(model_path)
     runs.clear()
     release()
-    attrs = study.trials[top.number].user_attrs
-    means = [m for m in attrs.get("repeat_means") or [] if isinstance(m, int | float)]
+    means = top.repeat_means or []
     spread = statistics.stdev(means) if len(means) > 1 else top.tail_std
     mean = statistics.fmean(tails)
 

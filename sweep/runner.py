@@ -272,6 +272,11 @@ def plan_devices(gpus: str, workers: int | None, *, field: str = "--gpus") -> De
     return Devices(gpus=chosen, workers=n, hide_gpus=chosen is None and bool(found))
 
 
+def _devices_of(spec: StudySpec, *, gpus: str | None, workers: int | None) -> Devices:
+    """``--gpus`` when given, else the study's ``worker.gpus``; errors name the one that was used."""
+    return plan_devices(gpus or spec.worker.gpus, workers, field="--gpus" if gpus else "worker.gpus")
+
+
 def run_sweep(
     *,
     spec: StudySpec,
@@ -291,7 +296,7 @@ def run_sweep(
     ``interrupted``. ``gpus`` (default: ``worker.gpus``) and ``workers`` (default: one per
     GPU in use, else 1) are resolved by :func:`plan_devices`.
     """
-    devices = plan_devices(gpus or spec.worker.gpus, workers, field="--gpus" if gpus else "worker.gpus")
+    devices = _devices_of(spec, gpus=gpus, workers=workers)
     workers = devices.workers
     url = resolve_url(storage, spec.study.storage)
     spec = spec.with_artifacts(default_artifacts(url))
@@ -358,7 +363,6 @@ class Join:
     url: str
     target: int | None
     deadline: float | None
-    workers: int
     threads: int
     policy: Policy
     devices: Devices
@@ -384,7 +388,7 @@ def plan_join(
         UserError: the study was not created by ``sweep run``, or a GPU that does not exist.
     """
     study, spec = open_sweep(study_name, url)
-    devices = plan_devices(gpus or spec.worker.gpus, workers, field="--gpus" if gpus else "worker.gpus")
+    devices = _devices_of(spec, gpus=gpus, workers=workers)
     target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)
     if timeout_s is None and target is None:
         timeout_s = spec.study.timeout  # a study with a time limit and no trial count
@@ -393,7 +397,6 @@ def plan_join(
         url=url,
         target=target,
         deadline=time.time() + timeout_s if timeout_s else None,
-        workers=devices.workers,
         threads=threads_per_worker(spec, devices.workers),
         policy=supervisor_policy(spec),
         devices=devices,
@@ -406,13 +409,13 @@ def join_sweep(
     on_progress: Callable[[Progress], None] | None = None,
     on_output: Callable[[int, str], None] | None = None,
 ) -> None:
-    """Run ``join.workers`` workers on the study until its target or deadline (see :func:`supervise`)."""
+    """Run ``join.devices.workers`` workers on the study until its target or deadline (see :func:`supervise`)."""
     supervise(
         study_name=join.study_name,
         url=join.url,
         target=join.target,
         deadline=join.deadline,
-        workers=join.workers,
+        workers=join.devices.workers,
         threads=join.threads,
         on_progress=on_progress,
         on_output=on_output,

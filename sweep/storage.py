@@ -96,7 +96,7 @@ def _normalise(url: str) -> str:
 
 def default_artifacts(url: str) -> str | None:
     """Where artifacts go when the study file does not say: beside a SQLite file, else nowhere."""
-    path = sqlite_path(url) if url.startswith("sqlite") else None
+    path = sqlite_path(url)
     return str(path.resolve().with_name(path.stem + "-artifacts")) if path is not None else None
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import records
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
-from sweep.outage import OutageTimeout, gave_up, is_outage
+from sweep.outage import OutageTimeout, gave_up, is_outage, retry
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
 from sweep.records import FailReason
 
@@ -191,8 +191,8 @@ def run_worker(
         except Exception as exc:  # Optuna's own step (ask, tell) met an outage: wait, then finish the trial
             if not is_outage(exc):
                 raise
-            if gave_up(exc):
-                raise StorageError(str(gave_up(exc))) from None
+            if (timed_out := gave_up(exc)) is not None:
+                raise StorageError(str(timed_out)) from None
             finished += _settle(study, objective.last, timeout_s=spec.worker.outage_timeout)
         if spec.dashboard.notes and finished and time.monotonic() >= next_refresh:
             # The ranking note costs more as the study grows: refresh it at most twice a minute
@@ -313,8 +313,6 @@ def _settle(
     heartbeats and is failed and retried as for a dead worker.
     """
     import optuna
-
-    from sweep.outage import OutageTimeout, retry
 
     try:
         trials = retry(lambda: study.get_trials(deepcopy=False), timeout_s=timeout_s, what="finishing a trial")

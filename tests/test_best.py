@@ -104,3 +104,33 @@ def test_an_exported_regression_model_takes_raw_padded_sequences_and_answers_in_
     got = exported.predict(x[30:], verbose=0).reshape(-1)
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-2), (got, expected)
     assert abs(float(np.mean(got)) - 1900) < 1000  # raw units (about 1,900), not standardised ones
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "--data: cannot read {f} as .npz: "),  # an empty file
+        (b"not a zip archive", "--data: cannot read {f} as .npz: "),
+    ],
+)
+def test_unreadable_inputs_are_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    from sweep.errors import UserError
+    from sweep.predict import read_inputs
+
+    f = tmp_path / "x.npz"
+    f.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        read_inputs(f, {}, (8, 8))
+    assert str(info.value).startswith(message.format(f=f)) and "\n" not in str(info.value)
+
+
+def test_csv_columns_that_do_not_fit_the_model_are_one_line(tmp_path: Path) -> None:
+    from sweep.errors import UserError
+    from sweep.predict import read_inputs
+
+    f = tmp_path / "x.csv"
+    f.write_text("a,b,y\n1,2,0\n3,4,1\n")
+    config = {"data": {"source": "csv", "target": "y"}}
+    with pytest.raises(UserError, match=r"has shape \[2, 2\]; the model takes \[rows, 3\]"):
+        read_inputs(f, config, (3,))
+    assert read_inputs(f, config, (2,)).tolist() == [[1.0, 2.0], [3.0, 4.0]]
