@@ -35,6 +35,7 @@ from benchmarks.harness import (
     sweep_cmd,
     write_study,
 )
+from sweep import records
 
 STUDY = "fixed"
 SEED = 42
@@ -121,11 +122,12 @@ class FixedTrials:
             got = {k: t.params.get(k) for k in params}
             if got != params:
                 raise BenchmarkError(f"{label}: trial {t.number} ran {got}, not the queued {params}")
-            epochs = [len(c) for c in (t.user_attrs.get("curves") or {}).get("val_loss", [])]
+            epochs = [len(c) for c in (records.trial_attr(t, records.CURVES) or {}).get("val_loss", [])]
             if epochs[:1] != [self.epochs]:
                 raise BenchmarkError(f"{label}: trial {t.number} trained {epochs} epochs, not {self.epochs}")
         kind = label.split("-")[0]
-        self.final_losses.setdefault(kind, []).append([_last(t.user_attrs["curves"]["val_loss"][0]) for t in done])
+        losses = [_last(records.trial_attr(t, records.CURVES)["val_loss"][0]) for t in done]
+        self.final_losses.setdefault(kind, []).append(losses)
         self.trial_seconds.setdefault(kind, []).append(
             {
                 "trial_wall": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),

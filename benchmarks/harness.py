@@ -687,7 +687,9 @@ def finished_trials(url: str, study_name: str) -> list[Any]:
 
 def epochs_of(trial: Any) -> int:
     """Epochs a trial trained, from its stored ``curves`` attr (every repeat)."""
-    curves = trial.user_attrs.get("curves") or {}
+    from sweep import records
+
+    curves = records.trial_attr(trial, records.CURVES) or {}
     return sum(len(c) for c in curves.get("val_loss", []))
 
 

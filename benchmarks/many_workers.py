@@ -49,7 +49,7 @@ EPOCHS = 15
 
 
 def sweep_like_attrs(epochs: int = EPOCHS, repeats: int = 2) -> tuple[list[float], dict[str, Any]]:
-    """Repeat 0's validation curve and the user attrs a sweep trial stores (curves and summary)."""
+    """Repeat 0's validation curve and the attrs a sweep trial stores (curves and summary)."""
     from sweep import records
     from sweep.objective import curves_attr
     from sweep.stability import summarize
@@ -71,6 +71,7 @@ def worker_main(args: argparse.Namespace) -> int:
     """One worker process: connect, wait for the start signal, run its share of trials, print timings."""
     import optuna
 
+    from sweep import records
     from sweep.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -93,8 +94,7 @@ def worker_main(args: argparse.Namespace) -> int:
         for epoch, value in enumerate(curve):
             trial.report(value, epoch)
             trial.should_prune()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        records.set_attrs(trial, attrs)
         start = time.perf_counter()
         result = (x - 2.0) ** 2 + y + (c == "a")
         compute += time.perf_counter() - start
@@ -232,7 +232,8 @@ def run(ctx: Context) -> Result:
         "backend": backend,
         "total_trials_per_group": total,
         "rounds": rounds,
-        "per_trial_writes": f"3 params, {EPOCHS} intermediate values, {len(sweep_like_attrs()[1])} user attrs",
+        "per_trial_writes": f"3 params, {EPOCHS} intermediate values, {len(sweep_like_attrs()[1])} attrs "
+        "(user and system)",
         "groups": found,
     }
     return res

@@ -133,7 +133,7 @@ def build_study(
                    seconds=float(len(v)) * 0.2)
             for v, u in zip(val, train, strict=True)
         ]  # fmt: skip
-        attrs = {records.CURVES: curves_attr(kept), **records.summary_attrs(summary)}
+        attrs, system = records.split_attrs({records.CURVES: curves_attr(kept), **records.summary_attrs(summary)})
         attrs["train_seconds"] = round(sum(c.seconds for c in kept), 3)
         state = TrialState.PRUNED if pruned else TrialState.COMPLETE
         if pruned:
@@ -145,6 +145,7 @@ def build_study(
                 params=params,
                 distributions=dists,
                 user_attrs=attrs,
+                system_attrs=system,
                 intermediate_values={i: float(v) for i, v in enumerate(val[0])},
             )
         )

@@ -1,9 +1,10 @@
 """What optuna-dashboard shows of a sweep, and launching it.
 
-Per trial: a markdown note (diagnosis, hint, the score beside its components;
-or why it was pruned or failed) and a learning-curve image uploaded as an
-artifact. Per study: a note with the current top-10 stability ranking and a
-Plotly figure of tail_mean against tail_std. All of it is written by the
+Per trial: a learning-curve image uploaded as an artifact, and a markdown note
+(diagnosis, hint, the score beside its components, or why it was pruned or
+failed; then the image at full size). Per study: a note with the current
+top-10 stability ranking and what to change in each of them that is not
+stable, and a Plotly figure of tail_mean against tail_std. All of it is written by the
 workers as trials finish; a write that fails is logged and never fails the
 trial (:func:`guarded`).
 """
@@ -70,15 +71,21 @@ def artifact_store(location: str | None) -> Any:
 
 
 def write_trial(trial: optuna.Trial, outcome: TrialOutcome, spec: StudySpec, store: Any) -> float:
-    """Note and learning curves for one finished trial; returns the seconds it took."""
+    """Learning curves and note for one finished trial; returns the seconds it took.
+
+    The curves are uploaded first so that the note can show them at full size: the dashboard's
+    artifact list shows an image only as a small thumbnail.
+    """
     from optuna_dashboard import save_note
 
     start = time.perf_counter()
-    with guarded(f"the note of trial {trial.number}"):
-        save_note(trial, trial_note(trial.number, outcome, spec))
+    image, missing = None, NO_STORE
     if store is not None:
+        missing = NOT_SAVED
         with guarded(f"the learning curves of trial {trial.number}"):
-            _upload_curves(trial, outcome, spec, store)
+            image = _upload_curves(trial, outcome, spec, store)
+    with guarded(f"the note of trial {trial.number}"):
+        save_note(trial, trial_note(trial.number, outcome, spec, image=image, missing=missing))
     return time.perf_counter() - start
 
 
@@ -89,7 +96,14 @@ def write_failure_note(trial: optuna.Trial, reason: str) -> None:
         save_note(trial, f"### Trial {trial.number}: failed\n\n{reason}\n")
 
 
-def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
+NO_STORE = "No learning-curve image: this study has no artifact store (set dashboard.artifacts in the study file)."
+NOT_SAVED = "No learning-curve image: it could not be saved (the worker's log says why)."
+
+
+def trial_note(
+    number: int, outcome: TrialOutcome, spec: StudySpec, *, image: str | None = None, missing: str = NO_STORE
+) -> str:
+    """The trial's note in markdown: ``image`` is the learning curves' URL, else ``missing`` says why there is none."""
     s, curves = outcome.summary, outcome.curves
     lines: list[str] = []
     if outcome.stopped and s.diagnosis.value != "diverged":
@@ -124,6 +138,8 @@ def trial_note(number: int, outcome: TrialOutcome, spec: StudySpec) -> str:
         "Repeats: "
         + ", ".join(f"{c.epochs} epochs ({c.stop.value})" for c in curves)
         + f"; {sum(c.seconds for c in curves):.1f} s of training.",
+        "",
+        f"![learning curves of trial {number}]({image})" if image else missing,
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,13 +152,20 @@ def tail_words(outcome: TrialOutcome, tail: int) -> str:
     return f"last {tail} epochs of each repeat, fewer where a repeat was shorter"
 
 
-def _upload_curves(trial: optuna.Trial, outcome: TrialOutcome, spec: StudySpec, store: Any) -> None:
+def _upload_curves(trial: optuna.Trial, outcome: TrialOutcome, spec: StudySpec, store: Any) -> str:
+    """Upload the learning curves as a trial artifact; returns the URL the dashboard serves it at."""
     from optuna.artifacts import upload_artifact
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"learning-curves-trial-{trial.number}.png")
         plot_curves(outcome, spec, path, title=f"trial {trial.number}")
-        upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial, mimetype="image/png")
+        artifact_id = upload_artifact(artifact_store=store, file_path=path, study_or_trial=trial, mimetype="image/png")
+    # optuna-dashboard's own route for a trial's artifact (it uses Optuna's internal ids, as its save_note does).
+    return f"/artifacts/{trial.study._study_id}/{trial._trial_id}/{artifact_id}"
+
+
+CURVES_FIGSIZE = (9.6, 4.8)
+"""The learning-curve image in inches at 100 dpi: 960x480 px, legible at its natural size in a trial's note."""
 
 
 def plot_curves(outcome: TrialOutcome, spec: StudySpec, path: str, *, title: str) -> None:
@@ -151,26 +174,32 @@ def plot_curves(outcome: TrialOutcome, spec: StudySpec, path: str, *, title: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=CURVES_FIGSIZE, dpi=100)
     try:
         tail = spec.stability.tail
         longest = max(c.epochs for c in outcome.curves)
+        handles = []
         for r, c in enumerate(outcome.curves):
             color = f"C{r % 10}"
             epochs = list(range(1, c.epochs + 1))
-            ax.plot(epochs, _finite(c.val_loss), color=color, label=f"repeat {r} validation")
-            ax.plot(epochs, _finite(c.loss), color=color, linestyle="--", alpha=0.6, label=f"repeat {r} training")
+            ax.plot(epochs, _finite(c.val_loss), color=color, linewidth=1.8)
+            ax.plot(epochs, _finite(c.loss), color=color, linestyle="--", alpha=0.6)
             if c.epochs:
                 ax.axvspan(max(0.5, c.epochs - min(tail, c.epochs) + 0.5), c.epochs + 0.5, color=color, alpha=0.08)
+            handles.append(Line2D([], [], color=color, linewidth=1.8, label=f"repeat {r}"))
+        handles += [
+            Line2D([], [], color="0.3", label="validation"),
+            Line2D([], [], color="0.3", linestyle="--", alpha=0.6, label="training"),
+        ]
         s = outcome.summary
-        ax.set_title(
-            f"{title}: score {_f(s.score)}, {s.diagnosis.value} ({tail_words(outcome, tail)}, shaded)", fontsize=9
-        )
+        ax.set_title(f"{title}: score {_f(s.score)}, {s.diagnosis.value} ({tail_words(outcome, tail)}, shaded)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         ax.set_xlim(0.5, longest + 0.5)
-        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         fig.savefig(path)
     finally:
@@ -201,8 +230,9 @@ def study_note(name: str, ranked: list[Any]) -> str:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     if not ranked:
         return f"### Stability ranking of {name}\n\nNo complete trial yet ({stamp}).\n"
+    top = ranked[:TOP_IN_NOTE]
     lines = [
-        f"### Stability ranking of {name} (top {min(TOP_IN_NOTE, len(ranked))} of {len(ranked)} complete)",
+        f"### Stability ranking of {name} (top {len(top)} of {len(ranked)} complete)",
         "",
         "Lower is better: score = tail_mean + risk × tail_std, both from each repeat's own tail "
         "(the spread between splits is the same for every trial and is left out). Updated " + stamp + ".",
@@ -211,55 +241,62 @@ def study_note(name: str, ranked: list[Any]) -> str:
         "| layers | units | lr | optimizer | batch | dropout | l2 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in ranked[:TOP_IN_NOTE]:
+    for r in top:
         p = r.params
         lines.append(
             f"| {r.rank} | {r.number} | {_f(r.score)} | {_f(r.tail_mean)} | {_f(r.tail_std)} | {r.diagnosis} "
             f"| {p.get('n_layers')} | {p.get('units')} | {_f(p.get('learning_rate'))} | {p.get('optimizer')} "
             f"| {p.get('batch_size')} | {_f(p.get('dropout'))} | {_f(p.get('l2'))} |"
         )
+    unstable = [r for r in top if r.diagnosis != "stable" and r.hint]
+    if unstable:
+        lines += ["", f"#### What to change ({len(unstable)} of the top {len(top)} not stable)", ""]
+        lines += [f"- **Trial {r.number}** (rank {r.rank}, {r.diagnosis}): {r.hint}" for r in unstable]
     return "\n".join(lines) + "\n"
 
 
+STABILITY_TITLE = "Stability: where training ends against how much it moves"
+
+
 def stability_figure(ranked: list[Any]) -> Any:
-    """tail_mean against tail_std for every complete trial, the top 10 marked."""
+    """tail_mean against tail_std for every complete trial: the best, the rest of the top 10, the others.
+
+    No text labels on the points (near points made them overlap): the legend names the best
+    trial, and hovering a point names any trial.
+    """
     import plotly.graph_objects as go
 
     def hover(r: Any) -> str:
         params = ", ".join(f"{k}={_f(v)}" for k, v in r.params.items())
         return f"trial {r.number} (rank {r.rank})<br>score {_f(r.score)}, {r.diagnosis}<br>{params}"
 
-    top, rest = ranked[:TOP_IN_NOTE], ranked[TOP_IN_NOTE:]
+    best, runners_up, rest = ranked[:1], ranked[1:TOP_IN_NOTE], ranked[TOP_IN_NOTE:]
+    groups = [
+        (rest, "other complete trials", {"color": "lightgray", "size": 7}),
+        (runners_up, f"ranks 2–{len(runners_up) + 1}", {"color": "crimson", "size": 9}),
+        (best, f"rank 1: trial {best[0].number}" if best else "", {"color": "black", "size": 14, "symbol": "star"}),
+    ]
     fig = go.Figure()
-    if rest:
-        fig.add_trace(
-            go.Scatter(
-                x=[r.tail_mean for r in rest],
-                y=[r.tail_std for r in rest],
-                mode="markers",
-                name="other complete trials",
-                marker={"color": "lightgray", "size": 7},
-                hovertext=[hover(r) for r in rest],
-                hoverinfo="text",
+    for rows, name, marker in groups:
+        if rows:
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.tail_mean for r in rows],
+                    y=[r.tail_std for r in rows],
+                    mode="markers",
+                    name=name,
+                    marker=marker,
+                    hovertext=[hover(r) for r in rows],
+                    hoverinfo="text",
+                )
             )
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=[r.tail_mean for r in top],
-            y=[r.tail_std for r in top],
-            mode="markers+text",
-            name=f"top {len(top)} by stability score",
-            text=[f"#{r.number}" for r in top],
-            textposition="top center",
-            marker={"color": "crimson", "size": 10},
-            hovertext=[hover(r) for r in top],
-            hoverinfo="text",
-        )
-    )
     fig.update_layout(
-        title="Stability: where training ends (tail_mean) against how much it moves (tail_std)",
+        title={"text": STABILITY_TITLE, "font": {"size": 14}},
         xaxis_title="tail_mean (lower is better)",
         yaxis_title="tail_std (lower is better)",
+        showlegend=True,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0},
+        margin={"t": 50, "b": 90},
     )
     return fig
 

@@ -153,7 +153,7 @@ class Objective:
         return TrialOutcome(curves=tuple(curves), summary=summary, stopped=stopped, raced_out=raced_out)
 
     def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | tuple[float, float]:
-        """Store curves and summary on the trial; end it as the outcome says."""
+        """Store curves and summary on the trial (:func:`records.set_attrs`); end it as the outcome says."""
         import optuna
 
         curves, summary = outcome.curves, outcome.summary
@@ -169,8 +169,7 @@ class Objective:
             attrs[records.FAIL_REASON] = records.FailReason.DIVERGED.reason(where)
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
-        for key in attrs:
-            self.db(functools.partial(trial.set_user_attr, key, attrs[key]), f"recording trial {trial.number}")
+        self.db(functools.partial(records.set_attrs, trial, attrs), f"recording trial {trial.number}")
         if self.on_recorded is not None:
             seconds = self.on_recorded(trial, outcome)
             self.db(
@@ -213,7 +212,7 @@ def race(trial: optuna.Trial, score0: float, spec: StudySpec) -> str:
 def study_reference(trial: optuna.Trial, repeats: int) -> tuple[float, ...] | None:
     """The per-split reference from the study's complete trials so far (:func:`split_reference`)."""
     means = [
-        t.user_attrs.get("repeat_means") or []
+        records.trial_attr(t, "repeat_means") or []
         for t in _finished(trial)
         if t.state.name == "COMPLETE"
     ]
@@ -230,7 +229,7 @@ def _repeat0_score(t: optuna.trial.FrozenTrial, spec: StudySpec) -> float | None
     """A finished trial's repeat-0 score, when its repeat 0 ran to its end."""
     if t.state.name == "PRUNED" and not t.user_attrs.get(records.RACED_OUT):
         return None
-    means, stds = t.user_attrs.get("repeat_means"), t.user_attrs.get("repeat_stds")
+    means, stds = records.trial_attr(t, "repeat_means"), records.trial_attr(t, "repeat_stds")
     if not (isinstance(means, list) and isinstance(stds, list) and means and stds):
         return None
     if not all(isinstance(x, int | float) for x in (means[0], stds[0])):
@@ -239,7 +238,7 @@ def _repeat0_score(t: optuna.trial.FrozenTrial, spec: StudySpec) -> float | None
 
 
 def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:
-    """Every repeat's curves, compact, as one JSON-safe user attr."""
+    """Every repeat's curves, compact, as one JSON-safe attr (:data:`sweep.records.CURVES`)."""
     return {
         "loss": [records.compact(c.loss) for c in curves],
         "val_loss": [records.compact(c.val_loss) for c in curves],

@@ -1,10 +1,18 @@
 """What a sweep keeps in the Optuna storage, and how to read it back.
 
 Study user attrs (prefix ``sweep:``): the resolved spec, the data fingerprint,
-the target number of trials, the versions used. Trial user attrs: the
-per-epoch curves of every repeat, the stability summary (numbers as numbers),
-and ``fail_reason`` on failed trials. Non-finite numbers are stored as
-``null`` so every reader of the JSON (optuna-dashboard included) can parse it.
+the target number of trials, the versions used.
+
+Trial user attrs: the stability summary (numbers as numbers), the diagnosis
+and what to change, ``stopped``, and ``fail_reason`` on failed trials; each
+fits on one line. optuna-dashboard prints every user attr on a trial's page on
+a line that does not wrap, so anything longer goes into a trial *system* attr
+named ``sweep:<key>`` (:func:`split_attrs`): the per-repeat data (the curves
+and the per-repeat lists), and the whole text of a longer ``hint`` or
+``fail_reason`` (its user attr keeps a short form). Read any of them with
+:func:`attr`, which also reads studies written before 2026-12, when they all
+were user attrs. Non-finite numbers are stored as ``null`` so every reader of
+the JSON (optuna-dashboard included) can parse it.
 """
 
 from __future__ import annotations
@@ -12,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sweep.stability import Summary
+from sweep.stability import HINTS, Summary
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.trial import FrozenTrial
 
 SPEC = "sweep:spec"
@@ -30,6 +39,7 @@ SPEC_CHANGES = "sweep:spec_changes"
 REQUEUED = "sweep:requeued"
 
 CURVES = "curves"
+"""Every repeat's per-epoch curves (a system attr, ``sweep:curves``)."""
 STOPPED = "stopped"
 """Why the trial ran fewer than R repeats (pruned, raced out, diverged), or ``all R repeats ran``."""
 RACED_OUT = "raced_out"
@@ -84,7 +94,7 @@ def expand(values: Sequence[float | None]) -> list[float]:
 
 @dataclass(frozen=True)
 class StoredCurves:
-    """The curves of one trial as read back from its user attrs."""
+    """The curves of one trial as read back from the storage (:data:`CURVES`)."""
 
     val_loss: list[list[float]]
     loss: list[list[float]]
@@ -99,6 +109,60 @@ class StoredCurves:
             metric_name=raw.get("metric_name", ""),
             val_metric=[expand(c) for c in raw.get("val_metric", [])],
         )
+
+
+PER_REPEAT: tuple[str, ...] = (CURVES, "epochs", "repeat_means", "repeat_stds")
+"""Attrs with a value per repeat (up to 50): always system attrs (``sweep:<key>``)."""
+USER_TEXT_MAX = 100
+"""The longest text a user attr holds: about 800 px on optuna-dashboard's trial page, which fits at 1400 px."""
+
+
+def system_key(key: str) -> str:
+    """The trial system attr that holds ``key`` when it is not a user attr."""
+    return f"sweep:{key}"
+
+
+def split_attrs(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``attrs`` as (user attrs, system attrs): per-repeat data and whole long texts go to the system attrs."""
+    user: dict[str, Any] = {}
+    system: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if key in PER_REPEAT:
+            system[system_key(key)] = value
+        elif isinstance(value, str) and len(value) > USER_TEXT_MAX:
+            system[system_key(key)] = value
+            user[key] = short_text(key, value)
+        else:
+            user[key] = value
+    return user, system
+
+
+def short_text(key: str, text: str) -> str:
+    """A long text's user-attr form: a hint's remedy (what to change), else the text cut to fit."""
+    if key == "hint":
+        for remedy in HINTS.values():
+            if text.endswith(remedy) and len(remedy) <= USER_TEXT_MAX:
+                return remedy
+    return text[: USER_TEXT_MAX - 1].rstrip() + "…"
+
+
+def set_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Write ``attrs`` on a running trial as :func:`split_attrs` places them (system attrs first)."""
+    user, system = split_attrs(attrs)
+    for key, value in system.items():
+        trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+    for key, value in user.items():
+        trial.set_user_attr(key, value)
+
+
+def attr(key: str, user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], default: Any = None) -> Any:
+    """A trial's attr whole: from its system attrs where :func:`split_attrs` put it, else its user attrs."""
+    return system_attrs.get(system_key(key), user_attrs.get(key, default))
+
+
+def trial_attr(trial: FrozenTrial, key: str, default: Any = None) -> Any:
+    """:func:`attr` of a trial read through Optuna."""
+    return attr(key, trial.user_attrs, trial.system_attrs, default)
 
 
 def counts_toward_target(trial: FrozenTrial) -> bool:

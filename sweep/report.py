@@ -300,6 +300,7 @@ def _tables() -> dict[str, Any]:
         "study_user_attributes": table("study_user_attributes", "study_id", "key", "value_json"),
         "trials": table("trials", "trial_id", "number", "study_id", "state"),
         "trial_user_attributes": table("trial_user_attributes", "trial_id", "key", "value_json"),
+        "trial_system_attributes": table("trial_system_attributes", "trial_id", "key", "value_json"),
         "trial_params": table("trial_params", "trial_id", "param_name", "param_value", "distribution_json"),
     }
 
@@ -357,28 +358,34 @@ def _open(study_name: str, url: str) -> _Study:
 
 
 def _read_rows(study: _Study, *, keys: Sequence[str]) -> list[TrialRow]:
-    """Every trial's number, state, params and the user attrs named in ``keys``."""
+    """Every trial's number, state, params and the attrs named in ``keys`` (:func:`records.attr`: whole)."""
     if study.engine is None:
-        return [
-            TrialRow(t.number, t.state.name, dict(t.params), {k: t.user_attrs[k] for k in keys if k in t.user_attrs})
-            for t in study.optuna_study.get_trials(deepcopy=False)
-        ]
+        rows = []
+        for t in study.optuna_study.get_trials(deepcopy=False):
+            attrs = {k: records.trial_attr(t, k) for k in keys}
+            attrs = {k: v for k, v in attrs.items() if v is not None or k in t.user_attrs}
+            rows.append(TrialRow(t.number, t.state.name, dict(t.params), attrs))
+        return rows
     import sqlalchemy as sa
 
-    trials, attrs, params = _TABLES["trials"], _TABLES["trial_user_attributes"], _TABLES["trial_params"]
+    trials, params = _TABLES["trials"], _TABLES["trial_params"]
     mine = trials.c.study_id == study.study_id
     with study.engine.connect() as conn:
         rows = conn.execute(sa.select(trials.c.trial_id, trials.c.number, trials.c.state).where(mine)).all()
         by_id = {tid: TrialRow(int(num), _state(state), {}, {}) for tid, num, state in rows}
         if not by_id:
             return []
-        attr_query = (
-            sa.select(attrs.c.trial_id, attrs.c.key, attrs.c.value_json)
-            .join(trials, trials.c.trial_id == attrs.c.trial_id)
-            .where(mine, attrs.c.key.in_(list(keys)))
-        )
-        for tid, key, value in conn.execute(attr_query).all():
-            by_id[tid].attrs[key] = json.loads(value)
+        # User attrs first, then the system attrs that hold some of them whole (records.split_attrs).
+        named = {k: k for k in keys}
+        moved = {records.system_key(k): k for k in keys}
+        for table, wanted in ((_TABLES["trial_user_attributes"], named), (_TABLES["trial_system_attributes"], moved)):
+            query = (
+                sa.select(table.c.trial_id, table.c.key, table.c.value_json)
+                .join(trials, trials.c.trial_id == table.c.trial_id)
+                .where(mine, table.c.key.in_(list(wanted)))
+            )
+            for tid, key, value in conn.execute(query).all():
+                by_id[tid].attrs[wanted[key]] = json.loads(value)
         param_query = (
             sa.select(params.c.trial_id, params.c.param_name, params.c.param_value, params.c.distribution_json)
             .join(trials, trials.c.trial_id == params.c.trial_id)

@@ -144,17 +144,13 @@ class Diagnosis(str, enum.Enum):
 HINTS: dict[Diagnosis, str] = {
     Diagnosis.STABLE: "nothing to change",
     Diagnosis.NOT_LEARNING: (
-        "raise the learning rate, use more units or layers, lower dropout and L2, "
-        "or check that the features carry the target"
+        "raise the learning rate or the units, lower dropout and L2, or check that the features carry the target"
     ),
     Diagnosis.OVERFITTING: (
         "add dropout or L2 regularisation, stop earlier (smaller patience), or use fewer units"
     ),
     Diagnosis.OSCILLATING: "lower the learning rate or use a larger batch",
-    Diagnosis.DIVERGED: (
-        "lower the learning rate, add LayerNormalization, "
-        "or use an adaptive optimizer (adam/rmsprop) or gradient clipping"
-    ),
+    Diagnosis.DIVERGED: "lower the learning rate, add LayerNormalization, or use adam/rmsprop or gradient clipping",
     Diagnosis.UNDERFITTING: "train for more epochs, use more units, or raise the learning rate",
     Diagnosis.UNSTABLE_ACROSS_REPEATS: (
         "use a smaller learning rate, a larger batch, or stronger regularisation"

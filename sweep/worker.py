@@ -146,7 +146,7 @@ def run_worker(
             t.user_attrs.get("retry_of") == retry_of and t.number < trial.number for t in trials
         ):
             surplus = FailReason.SURPLUS.reason(f"trial {retry_of} was already queued again")
-            trial.set_user_attr(records.FAIL_REASON, surplus)
+            records.set_attrs(trial, {records.FAIL_REASON: surplus})
             raise _Surplus(f"trial {retry_of} was queued again by two processes at once")
         if target is None:
             return
@@ -156,7 +156,8 @@ def run_worker(
             if t.number < trial.number and (records.counts_toward_target(t) or t.state.name == "RUNNING")
         )
         if ahead >= target:
-            trial.set_user_attr(records.FAIL_REASON, FailReason.SURPLUS.reason("the study had reached its target"))
+            reason = FailReason.SURPLUS.reason("the study had reached its target")
+            records.set_attrs(trial, {records.FAIL_REASON: reason})
             raise _Surplus("the study reached its target while this trial was being created")
 
     notes = (
@@ -202,7 +203,7 @@ def run_worker(
         done_here += 1
         trial = finished[-1] if finished else None
         if trial is not None and trial.state.name == "FAIL" and not records.counts_toward_target(trial):
-            reason = trial.user_attrs.get(records.FAIL_REASON, "unknown")
+            reason = records.trial_attr(trial, records.FAIL_REASON, "unknown")
             if FailReason.of(reason) is not FailReason.SURPLUS:
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -351,9 +352,9 @@ def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if state == "COMPLETE":
         detail = f"score {attrs.get('score', float('nan')):.4g}, {attrs.get('diagnosis', '?')}"
     elif state == "PRUNED":
-        detail = str(attrs.get(records.STOPPED) or f"at epoch {attrs.get('pruned_at_epoch', '?')}")
+        detail = str(records.trial_attr(trial, records.STOPPED) or f"at epoch {attrs.get('pruned_at_epoch', '?')}")
     else:
-        detail = str(attrs.get(records.FAIL_REASON, "unknown reason"))
+        detail = str(records.trial_attr(trial, records.FAIL_REASON, "unknown reason"))
     log.info("trial %d %s: %s%s", trial.number, state.lower(), detail, took)
 
 
@@ -376,7 +377,7 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
             signals.check()
             return objective(trial)
         except Interrupted:
-            trial.set_user_attr(records.FAIL_REASON, FailReason.INTERRUPTED.reason())
+            records.set_attrs(trial, {records.FAIL_REASON: FailReason.INTERRUPTED.reason()})
             _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
                           "queued again when the study is resumed.")
             raise
@@ -387,15 +388,15 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
                 raise
             detail = f"storage refused a write: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             reason = FailReason.ERROR.reason(detail)[:500]
-            trial.set_user_attr(records.FAIL_REASON, reason)
+            records.set_attrs(trial, {records.FAIL_REASON: reason})
             raise TrialFailed(reason) from exc
         except SweepError as exc:
-            trial.set_user_attr(records.FAIL_REASON, FailReason.ERROR.reason(str(exc)))
+            records.set_attrs(trial, {records.FAIL_REASON: FailReason.ERROR.reason(str(exc))})
             _failure_note(trial, f"Error: {exc}")
             raise TrialFailed(str(exc)) from exc
         except Exception as exc:
             reason = FailReason.ERROR.reason(f"{type(exc).__name__}: {exc}")[:500]
-            trial.set_user_attr(records.FAIL_REASON, reason)
+            records.set_attrs(trial, {records.FAIL_REASON: reason})
             _failure_note(trial, reason)
             raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
 

@@ -31,6 +31,7 @@ from benchmarks.harness import (
 )
 from benchmarks.memory import growth
 from benchmarks.reading import build_study, expected_complete
+from sweep import records
 from tests.helpers import ROOT
 
 
@@ -216,7 +217,7 @@ def test_builder_writes_a_study_that_rank_and_status_read(tmp_path: Path) -> Non
     every = rank("reading", url=url, include_all=True)
     assert [r.state for r in every].count("PRUNED") == 2
     for t in trials:
-        curves = t.user_attrs["curves"]
+        curves = records.trial_attr(t, records.CURVES)
         repeats = 1 if t.state.name == "PRUNED" else 3
         assert len(curves["val_loss"]) == len(curves["loss"]) == repeats
         assert set(t.params) == {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size",
@@ -269,7 +270,7 @@ def test_plain_loop_trains_every_queued_trial_to_the_end(tmp_path: Path) -> None
     trials = optuna.load_study(study_name="plain", storage=url).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 7
     assert [{k: t.params[k] for k in c} for t, c in zip(trials, configs, strict=True)] == configs
-    assert all(len(t.user_attrs["curves"]["val_loss"][0]) == 2 for t in trials)
+    assert all(len(records.trial_attr(t, records.CURVES)["val_loss"][0]) == 2 for t in trials)
 
 
 def test_worker_growth_is_read_at_the_ends_of_its_own_trials() -> None:

@@ -35,7 +35,8 @@ def _read_study(url: str, name: str) -> dict:
 import json, optuna
 study = optuna.load_study(study_name={name!r}, storage={url!r})
 print(json.dumps([
-    {{"number": t.number, "state": t.state.name, "params": t.params, "attrs": t.user_attrs,
+    {{"number": t.number, "state": t.state.name, "params": t.params,
+      "attrs": {{**t.user_attrs, **{{k[6:]: v for k, v in t.system_attrs.items() if k.startswith("sweep:")}}}},
       "intermediate": {{str(k): v for k, v in t.intermediate_values.items()}}}}
     for t in study.trials
 ]))

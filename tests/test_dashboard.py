@@ -9,6 +9,7 @@ README's images in ``docs/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -31,6 +32,10 @@ import pytest
 
 from sweep import records
 from sweep.dashboard import (
+    CURVES_FIGSIZE,
+    NO_STORE,
+    NOT_SAVED,
+    STABILITY_TITLE,
     STUDY_FIGURE_ID,
     TOP_IN_NOTE,
     artifact_store,
@@ -44,7 +49,7 @@ from sweep.dashboard import (
     write_trial,
 )
 from sweep.objective import curves_attr
-from sweep.report import RankedTrial
+from sweep.report import RankedTrial, rank
 from sweep.spec import StudySpec, load_spec
 from sweep.stability import Diagnosis, summarize
 from sweep.storage import default_artifacts
@@ -58,6 +63,20 @@ UPDATE_SCREENSHOTS = "SWEEP_UPDATE_SCREENSHOTS"
 WAIT_MS = 30_000
 SERVER_WAIT_S = 60.0
 DIAGNOSES = tuple(d.value for d in Diagnosis)
+OVERLAPPING_LABELS = """figure => {
+    const boxes = [...figure.querySelectorAll('svg text')]
+        .filter(t => t.textContent.trim() && t.getBBox().width > 0)
+        .map(t => [t.textContent.trim(), t.getBoundingClientRect()]);
+    const out = [];
+    for (let i = 0; i < boxes.length; i++)
+        for (let j = i + 1; j < boxes.length; j++) {
+            const [a, p] = boxes[i], [b, q] = boxes[j];
+            if (p.left < q.right - 1 && q.left < p.right - 1 && p.top < q.bottom - 1 && q.top < p.bottom - 1)
+                out.push(`${a} / ${b}`);
+        }
+    return out;
+}"""
+"""The pairs of text labels in a Plotly figure whose boxes overlap (more than a pixel)."""
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -181,6 +200,12 @@ def test_trial_note_of_a_complete_trial_gives_diagnosis_hint_and_score_with_its_
         assert f"| {name} | {_f(getattr(s, name))} |" in note, name
     assert "| repeat_spread | - |" in note  # not judged without the study's per-split reference
     assert "Repeats: 6 epochs (early_stopped), 6 epochs (early_stopped); 2.8 s of training." in note
+    assert note.endswith(f"\n\n{NO_STORE}\n")  # no artifact store: the note says so instead of an image
+
+    shown = trial_note(4, outcome, spec, image="/artifacts/1/5/abc-123")
+
+    assert shown.endswith("\n\n![learning curves of trial 4](/artifacts/1/5/abc-123)\n")
+    assert NO_STORE not in shown
 
 
 def test_trial_note_of_a_pruned_trial_says_where_and_why(spec: StudySpec) -> None:
@@ -250,35 +275,55 @@ def test_study_note_lists_the_top_ten_in_rank_order() -> None:
     assert rows[0][6:] == ["1", "8", "0.001", "adam", "64", "0.1", "1e-05"]
 
 
+def test_study_note_says_what_to_change_in_each_unstable_trial_of_the_top_ten() -> None:
+    ranked = _ranked(12)
+    changed = {1: ("overfitting", "add dropout or L2"), 4: ("oscillation", "lower the learning rate"),
+               11: ("underfitting", "train for more epochs")}  # fmt: skip
+    for i, (diagnosis, hint) in changed.items():
+        ranked[i] = dataclasses.replace(ranked[i], diagnosis=diagnosis, hint=hint)
+
+    note = study_note("demo", ranked)
+
+    section = note.split("#### What to change (2 of the top 10 not stable)\n\n", 1)[1]
+    assert section.splitlines() == [
+        f"- **Trial {ranked[1].number}** (rank 2, overfitting): add dropout or L2",
+        f"- **Trial {ranked[4].number}** (rank 5, oscillation): lower the learning rate",
+    ]  # rank 12 is not in the note's table, so not in its advice
+    assert "What to change" not in study_note("demo", _ranked(12))
+
+
 def test_study_note_without_complete_trials_says_so() -> None:
     note = study_note("demo", [])
 
     assert note.startswith("### Stability ranking of demo\n\nNo complete trial yet (")
 
 
-def test_stability_figure_marks_the_top_ten_and_greys_the_rest() -> None:
+def test_stability_figure_marks_the_best_and_the_top_ten_and_greys_the_rest() -> None:
     ranked = _ranked(12)
 
     fig = stability_figure(ranked)
 
-    traces = {t.name: t for t in fig.data}
-    assert set(traces) == {"other complete trials", "top 10 by stability score"}
-    top = traces["top 10 by stability score"]
-    assert list(top.text) == [f"#{r.number}" for r in ranked[:10]]
-    assert list(top.x) == [r.tail_mean for r in ranked[:10]]
-    assert list(top.y) == [r.tail_std for r in ranked[:10]]
-    assert f"trial {ranked[0].number} (rank 1)" in top.hovertext[0]
-    rest = traces["other complete trials"]
+    best_name = f"rank 1: trial {ranked[0].number}"
+    assert [t.name for t in fig.data] == ["other complete trials", "ranks 2–10", best_name]
+    rest, runners_up, best = fig.data
+    assert (list(best.x), list(best.y)) == ([ranked[0].tail_mean], [ranked[0].tail_std])
+    assert list(runners_up.x) == [r.tail_mean for r in ranked[1:10]]
+    assert list(runners_up.y) == [r.tail_std for r in ranked[1:10]]
     assert list(rest.x) == [r.tail_mean for r in ranked[10:]]
-    assert fig.layout.title.text.startswith("Stability: where training ends (tail_mean)")
+    assert f"trial {ranked[0].number} (rank 1)" in best.hovertext[0]
+    assert f"trial {ranked[1].number} (rank 2)" in runners_up.hovertext[0]
+    assert all(t.mode == "markers" and t.text is None for t in fig.data)  # no labels on points to overlap
+    assert fig.layout.title.text == STABILITY_TITLE
     assert fig.layout.xaxis.title.text == "tail_mean (lower is better)"
     assert fig.layout.yaxis.title.text == "tail_std (lower is better)"
 
 
-def test_stability_figure_of_few_trials_has_only_the_top_trace() -> None:
-    fig = stability_figure(_ranked(3))
+def test_stability_figure_of_few_trials_has_no_grey_trace() -> None:
+    ranked = _ranked(3)
+    fig = stability_figure(ranked)
 
-    assert [t.name for t in fig.data] == ["top 3 by stability score"]
+    assert [t.name for t in fig.data] == ["ranks 2–3", f"rank 1: trial {ranked[0].number}"]
+    assert [t.name for t in stability_figure(ranked[:1]).data] == [f"rank 1: trial {ranked[0].number}"]
 
 
 def test_refresh_study_writes_the_ranking_note_and_the_figure(tmp_path: Path) -> None:
@@ -290,7 +335,8 @@ def test_refresh_study_writes_the_ranking_note_and_the_figure(tmp_path: Path) ->
         s = summarize([c.val_loss for c in curves], [c.loss for c in curves], tail=2)
         study.add_trial(optuna.trial.create_trial(
             params={"units": 8 + i}, distributions=dist, value=s.score,
-            user_attrs={**records.summary_attrs(s), records.CURVES: curves_attr(curves)},
+            user_attrs=records.split_attrs({records.CURVES: curves_attr(curves), **records.summary_attrs(s)})[0],
+            system_attrs=records.split_attrs({records.CURVES: curves_attr(curves), **records.summary_attrs(s)})[1],
         ))
 
     refresh_study(study, url=url)
@@ -304,7 +350,8 @@ def test_refresh_study_writes_the_ranking_note_and_the_figure(tmp_path: Path) ->
     figures = get_plotly_graph_objects(study._storage.get_study_system_attrs(study._study_id))
     assert set(figures) == {STUDY_FIGURE_ID}
     figure = json.loads(figures[STUDY_FIGURE_ID])
-    assert figure["data"][0]["text"] == ["#1", "#2", "#0"]
+    assert [t["name"] for t in figure["data"]] == ["ranks 2–3", "rank 1: trial 1"]
+    assert figure["data"][0]["x"] == [r.tail_mean for r in rank("refresh", url=url)[1:]]
 
 
 # --------------------------------------------------------------------------- learning curves
@@ -316,7 +363,7 @@ def test_plot_curves_writes_a_png(spec: StudySpec, tmp_path: Path, make: Any) ->
 
     plot_curves(make(spec), spec, str(path), title="trial 3")
 
-    assert _png_size(path) == (640, 360)
+    assert _png_size(path) == (CURVES_FIGSIZE[0] * 100, CURVES_FIGSIZE[1] * 100) == (960, 480)
     assert path.stat().st_size > 5_000
 
 
@@ -374,13 +421,16 @@ def test_a_failed_artifact_write_does_not_fail_the_trial(spec: StudySpec, caplog
         f"dashboard: could not write the learning curves of trial {trial.number}: OSError: "
         "[Errno 28] No space left on device"
     ]
-    assert get_note(trial).startswith(f"### Trial {trial.number}: overfitting")
+    note = get_note(trial)
+    assert note.startswith(f"### Trial {trial.number}: overfitting")
+    assert note.rstrip().endswith(NOT_SAVED)
     study.tell(trial, 1.0)
     assert study.trials[0].state is optuna.trial.TrialState.COMPLETE
 
 
 def test_write_trial_uploads_the_learning_curves(spec: StudySpec, tmp_path: Path) -> None:
     from optuna.artifacts import get_all_artifact_meta
+    from optuna_dashboard import get_note
 
     store = artifact_store(str(tmp_path / "artifacts"))
     study = optuna.create_study()
@@ -392,7 +442,10 @@ def test_write_trial_uploads_the_learning_curves(spec: StudySpec, tmp_path: Path
     assert [(m.filename, m.mimetype) for m in metas] == [(f"learning-curves-trial-{trial.number}.png", "image/png")]
     files = list((tmp_path / "artifacts").iterdir())
     assert len(files) == 1
-    assert _png_size(files[0]) == (640, 360)
+    assert _png_size(files[0]) == (960, 480)
+    # The note shows the image at full size, from the dashboard's route for this trial's artifact.
+    link = f"/artifacts/{study._study_id}/{trial._trial_id}/{metas[0].artifact_id}"
+    assert get_note(trial).rstrip().endswith(f"![learning curves of trial {trial.number}]({link})")
 
 
 def test_failure_note(caplog: pytest.LogCaptureFixture) -> None:
@@ -585,12 +638,15 @@ def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path:
                 study_id = int(page.url.rsplit("/", 1)[1])
                 assert study_id == study._study_id
 
-                # The study page: the stability figure the workers saved.
-                title = page.get_by_text("Stability: where training ends")
+                # The study page: the stability figure the workers saved, the best trial in its legend,
+                # and no two of its labels (title, axes, ticks, legend) overlapping.
+                title = page.get_by_text(STABILITY_TITLE)
                 title.wait_for()
                 figure = page.locator(".js-plotly-plot", has=title)
                 assert figure.count() == 1
-                assert figure.get_by_text(f"#{best.number}", exact=True).count() == 1
+                assert figure.get_by_text(f"rank 1: trial {best.number}", exact=True).count() == 1
+                overlaps = figure.evaluate(OVERLAPPING_LABELS)
+                assert overlaps == [], overlaps
                 page.set_viewport_size({"width": 1400, "height": 1750})
                 figure.scroll_into_view_if_needed()
                 page.screenshot(path=str(SCREENSHOTS / "study.png"))
@@ -602,6 +658,11 @@ def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path:
                 rows = page.locator("table tbody tr")
                 assert rows.count() == 3
                 assert rows.first.locator("td").nth(1).inner_text().strip() == str(best.number)
+                for t in trials:  # what to change, for each trial of the ranking that is not stable
+                    if t.user_attrs["diagnosis"] != "stable":
+                        advice = f"Trial {t.number} (rank "
+                        assert page.locator("li", has_text=advice).inner_text().endswith(records.trial_attr(t, "hint"))
+                assert page.evaluate("document.documentElement.scrollWidth") <= 1400
                 page.screenshot(path=str(SCREENSHOTS / "note.png"))
 
                 # The trial list.
@@ -618,18 +679,26 @@ def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path:
                 page.get_by_role("heading", name=f"Trial {chosen.number}: {diagnosis}").wait_for()
                 score = page.locator("strong", has_text=re.compile(r"^Score "))
                 assert score.inner_text() == f"Score {chosen.user_attrs['score']:.4g}"
-                assert page.get_by_text(chosen.user_attrs["hint"]).count() >= 1
+                assert page.get_by_text(records.trial_attr(chosen, "hint")).count() == 1  # the note's, whole
                 name = f"learning-curves-trial-{chosen.number}.png"
-                page.get_by_text(name, exact=True).wait_for()
-                image = page.locator(f"img[alt='{name}']")
+                page.get_by_text(name, exact=True).wait_for()  # the artifact list still has it
+                # The learning curves at full size in the note, from the artifact's URL.
+                alt = f"learning curves of trial {chosen.number}"
+                image = page.locator(f"img[alt='{alt}']")
                 image.wait_for()
                 page.wait_for_function(
                     "alt => { const i = document.querySelector(`img[alt='${alt}']`);"
                     " return i && i.complete && i.naturalWidth > 0; }",
-                    arg=name,
+                    arg=alt,
                     timeout=WAIT_MS,
                 )
-                assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [640, 360]
+                assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [960, 480]
+                shown = image.bounding_box()
+                assert shown is not None and shown["width"] >= 600, shown
+                # The page reads at 1400 px: nothing makes it scroll sideways (the curves and the
+                # per-repeat lists are system attrs, every user attr fits on its line).
+                page.wait_for_timeout(500)
+                assert page.evaluate("document.documentElement.scrollWidth") <= 1400
                 page.set_viewport_size({"width": 1400, "height": 1900})
                 page.mouse.move(1399, 1899)
                 page.evaluate("() => document.activeElement && document.activeElement.blur()")

@@ -71,7 +71,7 @@ def test_racing_stops_a_hopeless_configuration_after_one_repeat_and_keeps_a_cont
 
     good = _run(study, spec, GOOD)
     assert good.state is TrialState.COMPLETE
-    assert good.user_attrs["n_repeats"] == 2 and len(good.user_attrs["epochs"]) == 2
+    assert good.user_attrs["n_repeats"] == 2 and len(records.trial_attr(good, "epochs")) == 2
     assert good.user_attrs[records.STOPPED] == "all 2 repeats ran"
     assert good.value == good.user_attrs["score"]
 
@@ -79,9 +79,9 @@ def test_racing_stops_a_hopeless_configuration_after_one_repeat_and_keeps_a_cont
     assert hopeless.state is TrialState.PRUNED
     attrs = hopeless.user_attrs
     assert attrs[records.RACED_OUT] is True
-    assert attrs["n_repeats"] == 1 and len(attrs["curves"]["val_loss"]) == 1
+    assert attrs["n_repeats"] == 1 and len(records.trial_attr(hopeless, records.CURVES)["val_loss"]) == 1
     assert attrs[records.STOPPED].startswith("raced out after repeat 0 of 2: its repeat-0 score")
-    assert attrs["diagnosis"] == "pruned" and "not trained to the end" in attrs["hint"]
+    assert attrs["diagnosis"] == "pruned" and "not trained to the end" in records.trial_attr(hopeless, "hint")
     # one number: Optuna's value (its last report), the stored score and the ranked score
     assert hopeless.value == attrs["score"]
     ranked = {r.number: r for r in rank("obj", url=f"sqlite:///{tmp_path / 'obj.db'}", include_all=True)}
@@ -100,14 +100,14 @@ def test_a_pruned_trial_reports_its_running_score_and_gets_no_training_advice(tm
 
     trial = _run(study, spec, GOOD)
     assert trial.state is TrialState.PRUNED
-    val = trial.user_attrs["curves"]["val_loss"][0]
+    val = records.trial_attr(trial, records.CURVES)["val_loss"][0]
     assert len(val) == 2  # pruned at the first epoch after the warm-up
     reported = [trial.intermediate_values[i] for i in sorted(trial.intermediate_values)]
     assert reported == pytest.approx([repeat_score(val[: i + 1], tail=5) for i in range(len(val))], rel=1e-5)
     assert trial.value == trial.user_attrs["score"] == reported[-1]
     assert trial.user_attrs["diagnosis"] == "pruned"
     assert trial.user_attrs[records.STOPPED] == "pruned at epoch 2 of repeat 0 by the median pruner"
-    assert "more epochs" not in trial.user_attrs["hint"]
+    assert "more epochs" not in records.trial_attr(trial, "hint")
 
 
 def test_race_rule_cuts_at_the_keep_fraction(tmp_path: Path) -> None:

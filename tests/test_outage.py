@@ -97,6 +97,7 @@ def _trials(url: str) -> list[tuple[int, str, set[str]]]:
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT trial_id, number, state FROM trials ORDER BY number")).all()
             attrs = conn.execute(sa.text("SELECT trial_id, key FROM trial_user_attributes")).all()
+            attrs += conn.execute(sa.text("SELECT trial_id, key FROM trial_system_attributes")).all()
     finally:
         engine.dispose()
     keys: dict[int, set[str]] = {}
@@ -131,7 +132,7 @@ def test_a_database_outage_mid_training_loses_nothing(server: Server, tmp_path: 
     assert "RUNNING" not in states and "WAITING" not in states, trials
     finished = [(n, keys) for n, s, keys in trials if s in ("COMPLETE", "PRUNED")]
     assert len(finished) == 2, trials  # the target, with the trial that met the outage among them
-    assert all("score" in keys and "curves" in keys for _, keys in finished)  # no result lost
+    assert all("score" in keys and "sweep:curves" in keys for _, keys in finished)  # no result lost
     assert "Traceback" not in out + err
     assert "storage unreachable" in out + err  # one line when the wait began
     assert "storage back after" in out + err  # and one when it ended

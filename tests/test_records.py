@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -110,3 +111,58 @@ def test_tally_and_best_trial_count_each_trial_once() -> None:
     best = records.best_trial(trials)
     assert best is not None and best.number == 1
     assert records.best_trial(trials[2:4]) is None
+
+
+def _long_attrs(repeats: int = 50) -> dict[str, object]:
+    """The attrs of a 50-repeat trial (the most a study file allows) with a long hint and fail reason."""
+    val = [[1.0 + 0.01 * r, 0.8, 0.7 + 0.001 * r, 0.71] for r in range(repeats)]
+    summary = summarize(val, tail=2)
+    curves = [Curves(loss=tuple(v), val_loss=tuple(v)) for v in val]
+    return {
+        records.CURVES: curves_attr(curves),
+        **summary_attrs(summary),
+        records.FAIL_REASON: "error: ValueError: " + "x" * 400,
+        records.STOPPED: "all 50 repeats ran",
+    }
+
+
+def test_user_attrs_fit_one_line_and_the_rest_is_kept_whole_in_system_attrs() -> None:
+    attrs = _long_attrs()
+    assert len(attrs["hint"]) > records.USER_TEXT_MAX  # what was seen, then the remedy
+
+    user, system = records.split_attrs(attrs)
+
+    for key, value in user.items():
+        assert len(f"{key} {value}") <= records.USER_TEXT_MAX + len(key) + 1, key
+        assert not isinstance(value, list), key
+    assert set(system) == {f"sweep:{k}" for k in (*records.PER_REPEAT, "hint", records.FAIL_REASON)}
+    # The hint's user attr is what to change; the whole text (with the evidence) is a system attr.
+    assert user["hint"] == "train for more epochs, use more units, or raise the learning rate"
+    assert attrs["hint"].endswith(": " + user["hint"])
+    assert user[records.FAIL_REASON] == attrs[records.FAIL_REASON][: records.USER_TEXT_MAX - 1] + "…"
+    assert FailReason.of(user[records.FAIL_REASON]) is FailReason.ERROR
+    for key, value in attrs.items():
+        assert records.attr(key, user, system) == value, key
+
+
+def test_attr_reads_a_study_written_before_the_split() -> None:
+    """Studies written before 2026-12 kept everything in user attrs: read whole from there."""
+    attrs = _long_attrs(repeats=2)
+    for key, value in attrs.items():
+        assert records.attr(key, attrs, {}) == value
+    assert records.attr("missing", attrs, {}, "default") == "default"
+
+
+def test_set_attrs_writes_a_running_trial_as_split_attrs_places_them(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    trial = study.ask()
+    attrs = _long_attrs(repeats=3)
+
+    records.set_attrs(trial, attrs)
+
+    stored = study._storage.get_trial(trial._trial_id)
+    user, system = records.split_attrs(attrs)
+    assert stored.user_attrs == user
+    assert {k: v for k, v in stored.system_attrs.items() if k.startswith("sweep:")} == system
+    for key, value in attrs.items():
+        assert records.trial_attr(stored, key) == value, key

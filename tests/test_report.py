@@ -53,7 +53,9 @@ def _curves(val: list[list[float]], train: list[list[float]]) -> list[Curves]:
     ]
 
 
-def make_study(url: str, tmp_path: Path, cases: list[tuple[str, tuple, TrialState]], name: str = "ranked"):
+def make_study(url: str, tmp_path: Path, cases: list[tuple[str, tuple, TrialState]], name: str = "ranked",
+               *, legacy: bool = False):
+    """A study of hand-made trials; ``legacy`` keeps the curves where versions before 2026-12 did."""
     spec = load_spec(write_study(tmp_path, name=name))
     study, created = prepare_study(spec, url=url)
     assert created
@@ -68,7 +70,8 @@ def make_study(url: str, tmp_path: Path, cases: list[tuple[str, tuple, TrialStat
             value=summary.score if state is TrialState.COMPLETE else None,
             params=PARAMS,
             distributions=dists,
-            user_attrs=attrs,
+            user_attrs=attrs if legacy else records.split_attrs(attrs)[0],
+            system_attrs={} if legacy else records.split_attrs(attrs)[1],
             intermediate_values={i: v for i, v in enumerate(val[0])},
         ))
     return study, spec
@@ -119,12 +122,15 @@ def test_risk_zero_ranks_by_tail_mean(tmp_path: Path) -> None:
     assert [r.tail_mean for r in risk0] == sorted(r.tail_mean for r in risk0)
 
 
-def test_tail_rescores_from_stored_curves(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'r.db'}"
-    make_study(url, tmp_path, CASES)
-    one = {r.number: r for r in rank("ranked", url=url, tail=1)}
+@pytest.mark.parametrize("legacy", [False, True], ids=["system-attr", "user-attr-before-2026-12"])
+def test_tail_rescores_from_stored_curves(storage_url: str, tmp_path: Path, legacy: bool) -> None:
+    """Re-scoring reads the curves where this version keeps them, and where older versions did."""
+    make_study(storage_url, tmp_path, CASES, legacy=legacy)
+    one = {r.number: r for r in rank("ranked", url=storage_url, tail=1)}
     val, _ = OVERFIT
     assert one[2].tail_mean == pytest.approx((val[0][-1] + val[1][-1]) / 2, rel=1e-5)
+    stored = {r.number: r for r in rank("ranked", url=storage_url)}
+    assert stored[2].tail_mean != pytest.approx(one[2].tail_mean)  # re-scored, not the stored summary
 
 
 def test_by_field_and_top(tmp_path: Path) -> None:
@@ -149,7 +155,8 @@ def test_sql_reader_matches_optuna_api(storage_url: str, tmp_path: Path) -> None
         row = fast[t.number]
         assert row.state == t.state.name
         assert row.params == t.params
-        assert row.attrs == {k: t.user_attrs[k] for k in keys if k in t.user_attrs}
+        stored = {k: records.trial_attr(t, k) for k in keys}
+        assert row.attrs == {k: v for k, v in stored.items() if k in t.user_attrs or v is not None}
 
 
 def test_status_counts_and_best(tmp_path: Path) -> None:

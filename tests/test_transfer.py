@@ -94,8 +94,8 @@ def make_source(url: str, tmp_path: Path, name: str = "alpha", *, pareto: bool =
             values=values,
             params={**PARAMS, "units": 4 + i},
             distributions=dists,
-            user_attrs=attrs,
-            system_attrs={"label": label, "retry_history": [i]},
+            user_attrs=records.split_attrs(attrs)[0],
+            system_attrs={"label": label, "retry_history": [i], **records.split_attrs(attrs)[1]},
             intermediate_values={e: v for e, v in enumerate(val[0])},
         ))
         trial_id = study.get_trials(deepcopy=False)[-1]._trial_id
@@ -213,7 +213,8 @@ def test_round_trip_keeps_every_trial_and_study_field(source: tuple[str, optuna.
         assert _close_enough(b.datetime_complete, a.datetime_complete, whole_seconds=whole_seconds), a.number
     lucky, failed, diverged = after[0], after[4], after[5]
     assert lucky.params["units"] == 4 and lucky.params["learning_rate"] == 0.0123456789
-    assert set(lucky.user_attrs) >= {records.CURVES, *records.SUMMARY_FIELDS}
+    assert all(records.trial_attr(lucky, k, "missing") != "missing" for k in records.SUMMARY_FIELDS)
+    assert records.trial_attr(lucky, records.CURVES) == records.trial_attr(before[0], records.CURVES) is not None
     assert lucky.user_attrs["hint"] and lucky.user_attrs["diagnosis"]
     assert failed.user_attrs[records.FAIL_REASON] == "error: something broke"
     assert diverged.user_attrs[records.FAIL_REASON].startswith("diverged")
