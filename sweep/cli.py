@@ -91,6 +91,7 @@ GpusOpt = Annotated[
     str | None,
     typer.Option(
         "--gpus",
+        metavar="auto|none|IDS",
         help="GPUs for this machine's workers: 'auto' (each worker on its own GPU, one worker per GPU "
         "found), 'none' (the CPU), or ids such as 0,1. Default: the study's worker.gpus, 'auto'.",
         show_default=False,
@@ -112,15 +113,23 @@ def _parse_workers(value: str | None) -> int | None:
 
 @app.command()
 def run(
-    study_file: Annotated[Path, typer.Argument(help="The study file (TOML).", show_default=False)],
+    study_file: Annotated[
+        Path, typer.Argument(metavar="STUDY_FILE", help="The study file (TOML).", show_default=False)
+    ],
     n_trials: Annotated[
         int | None,
         typer.Option(
-            "--n-trials", min=1, help="The study's total number of trials (a resumed study runs only the rest)."
+            "--n-trials",
+            min=1,
+            metavar="N",
+            help="The study's total number of trials (a resumed study runs only the rest).",
         ),
     ] = None,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d.")
+        str | None,
+        typer.Option(
+            "--timeout", metavar="DURATION", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d."
+        ),
     ] = None,
     storage: FileStorageOpt = None,
     set_: Annotated[
@@ -135,6 +144,7 @@ def run(
         str | None,
         typer.Option(
             "--workers",
+            metavar="N|auto",
             help="Worker processes on this machine: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
             show_default=False,
         ),
@@ -180,16 +190,23 @@ def run(
 
 @app.command()
 def worker(
-    study_name: Annotated[str, typer.Argument(help="The study to join.", show_default=False)],
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study to join.", show_default=False)],
     storage: StorageOpt = None,
     n_trials: Annotated[
-        int | None, typer.Option("--n-trials", min=1, help="The study's total (default: the stored target).")
+        int | None,
+        typer.Option("--n-trials", min=1, metavar="N", help="The study's total (default: the stored target)."),
     ] = None,
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Stop starting trials after this long.")] = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout", metavar="DURATION", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d."
+        ),
+    ] = None,
     workers: Annotated[
         str | None,
         typer.Option(
             "--workers",
+            metavar="N|auto",
             help="Worker processes: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
             show_default=False,
         ),
@@ -217,9 +234,9 @@ def worker(
 
 @app.command()
 def status(
-    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
     storage: StorageOpt = None,
-    format_: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format_: Annotated[str, typer.Option("--format", metavar="table|json", help="Output format.")] = "table",
 ) -> None:
     """Counts of trials by state, and the best trial."""
     with _errors():
@@ -237,25 +254,34 @@ def status(
 
 @app.command("rank")
 def rank_(
-    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
     storage: StorageOpt = None,
     top: Annotated[
         int | None,
-        typer.Option("--top", min=1, help=f"Show the best K only. Default: {TABLE_ROWS} in a table, all in json/csv."),
+        typer.Option(
+            "--top",
+            min=1,
+            metavar="K",
+            help=f"Show the best K only. Default: {TABLE_ROWS} in a table, all in json/csv.",
+        ),
     ] = None,
-    format_: Annotated[str, typer.Option("--format", help="Output: table, json or csv.")] = "table",
+    format_: Annotated[str, typer.Option("--format", metavar="table|json|csv", help="Output format.")] = "table",
     by: Annotated[
         str,
         typer.Option(
             "--by",
+            metavar="FIELD",
             help="Sort by this field, lower is better: score, tail_mean, tail_std, best, degradation, "
             "oscillation, gap or repeat_spread.",
         ),
     ] = "score",
     risk: Annotated[
-        float | None, typer.Option("--risk", help="Re-score with this risk (score = tail_mean + risk * tail_std).")
+        float | None,
+        typer.Option("--risk", metavar="R", help="Re-score with this risk (score = tail_mean + risk * tail_std)."),
     ] = None,
-    tail: Annotated[int | None, typer.Option("--tail", help="Re-score with a tail window of W epochs.")] = None,
+    tail: Annotated[
+        int | None, typer.Option("--tail", metavar="W", help="Re-score with a tail window of W epochs.")
+    ] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Also list pruned and failed trials (after complete ones).")
     ] = False,
@@ -288,16 +314,19 @@ def rank_(
 
 @app.command()
 def best(
-    study_name: Annotated[str, typer.Argument(help="The study.", show_default=False)],
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
     storage: StorageOpt = None,
     retrain_seeds: Annotated[
-        int, typer.Option("--retrain-seeds", min=1, help="Retrain the top configuration with N fresh seeds.")
+        int,
+        typer.Option("--retrain-seeds", min=1, metavar="N", help="Retrain the top configuration with N fresh seeds."),
     ] = 3,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Folder for the saved model (.keras) and its JSON config.")
+        Path, typer.Option("--out", metavar="DIR", help="Folder for the saved model (.keras) and its JSON config.")
     ] = Path("best"),
-    trial: Annotated[int | None, typer.Option("--trial", help="Retrain this trial instead of the top-ranked.")] = None,
-    format_: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    trial: Annotated[
+        int | None, typer.Option("--trial", metavar="N", help="Retrain this trial instead of the top-ranked.")
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", metavar="table|json", help="Output format.")] = "table",
 ) -> None:
     """Retrain the top-ranked configuration with fresh seeds, say whether it held up, and save it.
 
@@ -333,18 +362,22 @@ def best(
 
 @app.command()
 def predict(
-    model_file: Annotated[Path, typer.Argument(help="A model saved by 'sweep best' (.keras).", show_default=False)],
+    model_file: Annotated[
+        Path, typer.Argument(metavar="MODEL_FILE", help="A model saved by 'sweep best' (.keras).", show_default=False)
+    ],
     data: Annotated[
         Path,
         typer.Option(
             "--data",
+            metavar="FILE",
             help="Inputs: an .npz with an array X of raw inputs, or a .csv with the study's feature columns "
             "(tabular studies).",
             show_default=False,
         ),
     ],
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Where to write the predictions (CSV). Default: beside --data.")
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Where to write the predictions (CSV). Default: beside --data."),
     ] = None,
 ) -> None:
     """Predict with a model saved by 'sweep best', on raw inputs in the study's format."""
@@ -466,15 +499,20 @@ def _write_csv(rows: list[Any]) -> None:
 @app.command()
 def dashboard(
     study_file: Annotated[
-        Path | None, typer.Argument(help="A study file (its storage and artifact folder are used).", show_default=False)
+        Path | None, typer.Argument(
+            metavar="STUDY_FILE", help="A study file (its storage and artifact folder are used).", show_default=False
+        )
     ] = None,
     storage: FileStorageOpt = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")
+        str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on (127.0.0.1: this machine only).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT", help="Port to listen on.")] = 8080,
     artifacts: Annotated[
-        str | None, typer.Option("--artifacts", help="Artifact folder (default: the study's, as the workers wrote it).")
+        str | None,
+        typer.Option(
+            "--artifacts", metavar="DIR", help="Artifact folder (default: the study's, as the workers wrote it)."
+        ),
     ] = None,
 ) -> None:
     """Open optuna-dashboard on the sweep's storage, with learning-curve artifacts wired in."""
@@ -546,9 +584,13 @@ def _stored_artifacts(url: str) -> str | None:
 
 @app.command()
 def copy(
-    from_url: Annotated[str, typer.Option("--from", help="The storage to copy from.", show_default=False)],
-    to_url: Annotated[str, typer.Option("--to", help="The storage to copy to.", show_default=False)],
-    study: Annotated[str | None, typer.Option("--study", help="Copy this study only (default: all).")] = None,
+    from_url: Annotated[
+        str, typer.Option("--from", metavar="URL", help="The storage to copy from.", show_default=False)
+    ],
+    to_url: Annotated[str, typer.Option("--to", metavar="URL", help="The storage to copy to.", show_default=False)],
+    study: Annotated[
+        str | None, typer.Option("--study", metavar="NAME", help="Copy this study only (default: all).")
+    ] = None,
 ) -> None:
     """Copy a study (or all) to another storage: trials, params, curves, notes and spec."""
     with _errors():
@@ -564,8 +606,8 @@ def copy(
 @app.command()
 def proxy(
     storage: StorageOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 13000,
+    host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT", help="Port to listen on.")] = 13000,
 ) -> None:
     """Serve the storage to many workers over gRPC (they use --storage grpc://HOST:PORT)."""
     with _errors():
@@ -667,10 +709,27 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
             bar.stop()
 
 
+def command() -> Any:
+    """The click command tree behind ``app``, with help that says what each parameter takes.
+
+    Typer 0.29 prints a Python type beside every option (``--quiet <bool>``, ``--timeout <str>``).
+    A flag takes no value, so it shows none; every option that takes a value declares a metavar
+    (``--timeout DURATION``), and every argument one in capitals (``STUDY_FILE``).
+    """
+    import typer.main
+
+    root = typer.main.get_command(app)
+    for cmd in (root, *getattr(root, "commands", {}).values()):
+        for param in (*cmd.params, cmd.get_help_option(typer.Context(cmd))):
+            if param is not None and getattr(param, "is_flag", False):
+                param.metavar = ""
+    return root
+
+
 def main() -> None:
     """Console-script entry point: a usage mistake (a bad option value, a missing argument) is one line, exit 2."""
     try:
-        code = app(prog_name="sweep", standalone_mode=False)
+        code = command()(prog_name="sweep", standalone_mode=False)
     except typer.Abort:
         sys.exit(130)
     except typer.TyperException as exc:  # click's usage errors

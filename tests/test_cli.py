@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,13 @@ def test_every_command_has_help(command: str | None) -> None:
     if command is None:
         for name in COMMANDS:
             assert name in result.stdout
+    # Each option shows what it takes (a metavar such as DURATION or table|json), never a Python
+    # type such as <bool> or <list[str]>; a flag shows nothing.
+    options = [line for line in result.stdout.splitlines() if re.search(r"│\s+(\*\s+)?--", line)]
+    assert options, result.stdout
+    for line in options:
+        assert not re.search(r"<(bool|str|int|float|path|list)\b|list\[", line), line
+    assert re.search(r"│\s+--help\s{2,}Show this message and exit\.", result.stdout), result.stdout
 
 
 def _read_study(url: str, name: str) -> dict:
