@@ -8,8 +8,10 @@ and what to change, ``stopped``, and ``fail_reason`` on failed trials; each
 fits on one line. optuna-dashboard prints every user attr on a trial's page on
 a line that does not wrap, so anything longer goes into a trial *system* attr
 named ``sweep:<key>`` (:func:`split_attrs`): the per-repeat data (the curves
-and the per-repeat lists), and the whole text of a longer ``hint`` or
-``fail_reason`` (its user attr keeps a short form). Read any of them with
+and the per-repeat lists), and the whole of any text over
+:data:`USER_TEXT_MAX` characters (a ``hint`` with its evidence, a raced-out
+trial's ``stopped``, a long ``fail_reason``), whose user attr keeps a short
+form: a hint's remedy, else the text cut with "…". Read any of them with
 :func:`attr`, which also reads studies written before 2026-12, when they all
 were user attrs. Non-finite numbers are stored as ``null`` so every reader of
 the JSON (optuna-dashboard included) can parse it.
