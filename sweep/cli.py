@@ -87,6 +87,22 @@ def _main(
     """Hyperparameter sweeps for Keras models, ranked by validation-loss stability."""
 
 
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        metavar="N|auto",
+        help="Worker processes on this machine: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
+        show_default=False,
+    ),
+]
+TimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout", metavar="DURATION", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d."
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")]
 GpusOpt = Annotated[
     str | None,
     typer.Option(
@@ -125,12 +141,7 @@ def run(
             help="The study's total number of trials (a resumed study runs only the rest).",
         ),
     ] = None,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout", metavar="DURATION", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d."
-        ),
-    ] = None,
+    timeout: TimeoutOpt = None,
     storage: FileStorageOpt = None,
     set_: Annotated[
         list[str] | None,
@@ -140,21 +151,13 @@ def run(
             help="Override a study-file field, the value read as TOML (strings in quotes); repeatable.",
         ),
     ] = None,
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers",
-            metavar="N|auto",
-            help="Worker processes on this machine: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
-            show_default=False,
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
     gpus: GpusOpt = None,
     allow_spec_change: Annotated[
         bool,
         typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed."),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Create a study from STUDY_FILE, or resume it, and run it to its target."""
     with _errors():
@@ -196,23 +199,10 @@ def worker(
         int | None,
         typer.Option("--n-trials", min=1, metavar="N", help="The study's total (default: the stored target)."),
     ] = None,
-    timeout: Annotated[
-        str | None,
-        typer.Option(
-            "--timeout", metavar="DURATION", help="Stop starting trials after this long: seconds, or 90m, 2h, 1d."
-        ),
-    ] = None,
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers",
-            metavar="N|auto",
-            help="Worker processes: N or 'auto' (one per core). Default: one per GPU in use, else 1.",
-            show_default=False,
-        ),
-    ] = None,
+    timeout: TimeoutOpt = None,
+    workers: WorkersOpt = None,
     gpus: GpusOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-trial lines.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Join an existing study from any machine; the spec is read from the storage."""
     with _errors():

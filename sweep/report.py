@@ -312,6 +312,12 @@ class _LazyTables(dict[str, Any]):
 
 
 _TABLES = _LazyTables()
+_ABSENT = object()
+
+
+def _attr(trial: Any, key: str) -> Any:
+    """A trial's attr as :func:`records.trial_attr` reads it, or ``_ABSENT`` when it has none."""
+    return records.trial_attr(trial, key, _ABSENT)
 
 
 @dataclass
@@ -360,12 +366,10 @@ def _open(study_name: str, url: str) -> _Study:
 def _read_rows(study: _Study, *, keys: Sequence[str]) -> list[TrialRow]:
     """Every trial's number, state, params and the attrs named in ``keys`` (:func:`records.attr`: whole)."""
     if study.engine is None:
-        rows = []
-        for t in study.optuna_study.get_trials(deepcopy=False):
-            attrs = {k: records.trial_attr(t, k) for k in keys}
-            attrs = {k: v for k, v in attrs.items() if v is not None or k in t.user_attrs}
-            rows.append(TrialRow(t.number, t.state.name, dict(t.params), attrs))
-        return rows
+        return [
+            TrialRow(t.number, t.state.name, dict(t.params), {k: v for k in keys if (v := _attr(t, k)) is not _ABSENT})
+            for t in study.optuna_study.get_trials(deepcopy=False)
+        ]
     import sqlalchemy as sa
 
     trials, params = _TABLES["trials"], _TABLES["trial_params"]
