@@ -141,6 +141,15 @@ def run(
             help="The study's total number of trials (a resumed study runs only the rest).",
         ),
     ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget",
+            min=1,
+            metavar="EPOCHS",
+            help="Epochs to train in all, every repeat of every trial (a resumed study trains only the rest).",
+        ),
+    ] = None,
     timeout: TimeoutOpt = None,
     storage: FileStorageOpt = None,
     set_: Annotated[
@@ -165,7 +174,7 @@ def run(
         from sweep.spec import load_spec
         from sweep.storage import resolve_url
 
-        updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout}
+        updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout, "study.budget": budget}
         if storage is not None:
             updates["study.storage"] = storage
         spec = load_spec(study_file, overrides=set_ or (), updates=updates)
@@ -409,7 +418,7 @@ def _rank_table(title: str, rows: list[Any], components: tuple[str, ...], params
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for name in ("rank", "trial", *(_COMPONENT_HEADERS.get(c, c) for c in components)):
+    for name in ("rank", "trial", "reps", *(_COMPONENT_HEADERS.get(c, c) for c in components)):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("diagnosis", no_wrap=True)
     for p in params:
@@ -419,6 +428,7 @@ def _rank_table(title: str, rows: list[Any], components: tuple[str, ...], params
         table.add_row(
             str(r.rank),
             str(r.number),
+            "-" if r.n_repeats is None else str(r.n_repeats),
             *(_fmt(getattr(r, f)) for f in components),
             label if r.state == "COMPLETE" or label == r.state.lower() else f"{label} ({r.state.lower()})",
             *(_fmt(r.params.get(p)) for p in params),

@@ -9,8 +9,11 @@ Repeat 0 reports its running stability score (:func:`sweep.stability.repeat_scor
 of its curve so far) to Optuna after every epoch: the pruner compares every
 trial's repeat 0 at the same epoch, on the same split and seed (like with
 like), and a pruned trial's Optuna value is the same kind of number as its
-ranked score. After repeat 0, racing (``[racing]``) lets only contenders
-train the other R-1 repeats.
+ranked score. After each repeat, the allocation (:mod:`sweep.allocation`,
+``[allocation]``) decides whether the trial trains the next one; a trial it
+stops ends PRUNED, its value its score over the repeats it has. A trial with
+a ``verifies`` attr trains more repeats of an earlier configuration: it copies
+the repeats that configuration has and trains on from there.
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sweep import records
+from sweep import ledger, records
+from sweep.allocation import Action, Config, Decision
 from sweep.errors import Interrupted, TrialFailed
 from sweep.outage import retry
 from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
-from sweep.train import Stop, TrialOutcome
+from sweep.train import Curves, Stop, TrialOutcome
 
 if TYPE_CHECKING:
     import optuna
 
     from sweep.data import Dataset, Prepared
     from sweep.spec import StudySpec
-    from sweep.train import Curves
 
 
 T = TypeVar("T")
@@ -93,10 +96,50 @@ class Objective:
         params = self.db(
             lambda: suggest(trial, self.spec.search, family=self.spec.model.family), f"drawing trial {trial.number}"
         )
-        return self.record(trial, self.train(params, trial=trial))
+        copied = self.db(lambda: self.copied_repeats(trial), f"reading the study for trial {trial.number}")
+        return self.record(trial, self.train(params, trial=trial, copied=copied), copied=len(copied))
 
-    def train(self, params: Any, *, trial: optuna.Trial | None = None) -> TrialOutcome:
-        """Train ``params`` on repeat 0, then on the other repeats while it is a contender."""
+    def copied_repeats(self, trial: optuna.Trial) -> tuple[Curves, ...]:
+        """The repeats a verifying trial (``verifies`` attr) takes from its configuration's record."""
+        key = trial.user_attrs.get(ledger.VERIFIES)
+        if key is None:
+            return ()
+        trials = trial.study.get_trials(deepcopy=False)
+        held = ledger.observe(trials, spec=self.spec).records.get(key)
+        raw = records.trial_attr(held, records.CURVES) if held is not None else None
+        if not isinstance(raw, dict):
+            return ()
+        n = len(raw.get("val_loss", []))
+        out = []
+        for r in range(min(n, len(self.prepared))):
+            def part(name: str, r: int = r) -> tuple[float, ...]:
+                values = raw.get(name, [])
+                return tuple(records.expand(values[r])) if r < len(values) else ()
+
+            stops = raw.get("stop", [])
+            seconds = raw.get("seconds", [])
+            out.append(
+                Curves(
+                    loss=part("loss"),
+                    val_loss=part("val_loss"),
+                    metric=part("metric"),
+                    val_metric=part("val_metric"),
+                    metric_name=str(raw.get("metric_name", "")),
+                    stop=Stop(stops[r]) if r < len(stops) else Stop.COMPLETED,
+                    seconds=float(seconds[r]) if r < len(seconds) else 0.0,
+                )
+            )
+        return tuple(out)
+
+    def train(
+        self, params: Any, *, trial: optuna.Trial | None = None, copied: tuple[Curves, ...] = ()
+    ) -> TrialOutcome:
+        """Train ``params`` on repeat 0, then on the next repeats while the allocation says so.
+
+        ``copied`` are repeats already trained for this configuration (a
+        verifying trial): training starts at the next one. Without a trial,
+        every repeat runs.
+        """
         from sweep.data import repeat_seed
         from sweep.train import fit_repeat, release
 
@@ -104,9 +147,10 @@ class Objective:
         scored = spec.study.objective == "score"
         report = trial is not None and scored
         repeats = len(self.prepared)
-        curves: list[Curves] = []
+        curves: list[Curves] = list(copied)
         stopped, raced_out = "", False
-        for r, data in enumerate(self.prepared):
+        for r in range(len(curves), repeats):
+            data = self.prepared[r]
             hook = _pruning_hook(trial, spec, self.db) if (report and r == 0 and trial is not None) else None
             c, _ = fit_repeat(
                 params,
@@ -132,11 +176,12 @@ class Objective:
             if c.stop is Stop.PRUNED:
                 stopped = f"pruned at epoch {c.epochs} of repeat 0 by the {spec.pruner.name} pruner"
                 break
-            if r == 0 and repeats > 1 and scored and trial is not None and spec.racing.enabled:
-                score0 = repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk)
-                verdict = self.db(functools.partial(race, trial, score0, spec), f"racing trial {trial.number}")
-                if verdict:
-                    stopped, raced_out = verdict, True
+            if report and trial is not None and r + 1 < repeats:
+                decision = self.db(
+                    functools.partial(self.go_on, trial, curves, len(copied)), f"allocating trial {trial.number}"
+                )
+                if decision.action is not Action.REPEAT:
+                    stopped, raced_out = f"stopped after {r + 1} of {repeats} repeats: {decision.reason}", True
                     break
         summary = summarize(
             [c.val_loss for c in curves],
@@ -152,13 +197,44 @@ class Objective:
             summary = replace(summary, diagnosis=Diagnosis.PRUNED, hint=f"{stopped}: {HINTS[Diagnosis.PRUNED]}")
         return TrialOutcome(curves=tuple(curves), summary=summary, stopped=stopped, raced_out=raced_out)
 
-    def record(self, trial: optuna.Trial, outcome: TrialOutcome) -> float | tuple[float, float]:
-        """Store curves and summary on the trial (:func:`records.set_attrs`); end it as the outcome says."""
+    def go_on(self, trial: optuna.Trial, curves: list[Curves], copied: int) -> Decision:
+        """Write this trial's progress, then ask the allocation whether it trains its next repeat."""
+        from sweep.allocation import go_on
+
+        spec = self.spec
+        trained = sum(c.epochs for c in curves[copied:])
+        scores = [repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk) for c in curves]
+        records.set_attrs(
+            trial,
+            {ledger.REPEAT_SCORES: [records.finite_or_none(x) for x in scores], ledger.EPOCHS_TRAINED: trained},
+        )
+        seen = ledger.observe(trial.study.get_trials(deepcopy=False), spec=spec, asking=trial.number)
+        key = trial.user_attrs.get(ledger.VERIFIES, trial.number)
+        mine = Config(key=key, scores=tuple(scores), busy=True)
+        configs = [c for c in seen.configs if c.key != key] + [mine]
+        return go_on(configs, ledger.plan_of(spec), key, used=seen.used)
+
+    def record(
+        self, trial: optuna.Trial, outcome: TrialOutcome, *, copied: int = 0
+    ) -> float | tuple[float, float]:
+        """Store curves and summary on the trial (:func:`records.set_attrs`); end it as the outcome says.
+
+        ``copied`` repeats came from an earlier trial of the same configuration:
+        their epochs are not this trial's.
+        """
         import optuna
 
         curves, summary = outcome.curves, outcome.summary
         attrs: dict[str, Any] = {records.CURVES: curves_attr(curves), **records.summary_attrs(summary)}
         attrs[records.STOPPED] = outcome.stopped or f"all {len(self.prepared)} repeats ran"
+        spec = self.spec
+        attrs[ledger.REPEAT_SCORES] = [
+            records.finite_or_none(repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk))
+            for c in curves
+        ]
+        attrs[ledger.EPOCHS_TRAINED] = sum(c.epochs for c in curves[copied:])
+        if copied:
+            attrs[ledger.FIRST_REPEAT] = copied
         if outcome.raced_out:
             attrs[records.RACED_OUT] = True
         attrs["train_seconds"] = round(sum(c.seconds for c in curves), 3)
@@ -178,6 +254,11 @@ class Objective:
         if diverged:
             self.last = (trial.number, "FAIL", None)
             raise TrialFailed(attrs[records.FAIL_REASON])
+        if outcome.raced_out:
+            # Optuna's value of a pruned trial is its last report: make it the trial's score, at a step
+            # after every epoch of repeat 0, so that it is the same number as the ranked score.
+            step = spec.training.max_epochs
+            self.db(lambda: trial.report(summary.score, step), f"recording trial {trial.number}")
         if last.stop is Stop.PRUNED or outcome.raced_out:
             self.last = (trial.number, "PRUNED", None)
             raise optuna.TrialPruned(outcome.stopped)
@@ -186,27 +267,6 @@ class Objective:
         )
         self.last = (trial.number, "COMPLETE", result)
         return result
-
-
-def race(trial: optuna.Trial, score0: float, spec: StudySpec) -> str:
-    """Why ``trial`` stops after repeat 0, or ``""`` when it is a contender.
-
-    A contender's repeat-0 score is among the best ``racing.keep`` fraction of
-    the repeat-0 scores of the study's finished trials that ran repeat 0 to its
-    end (complete or raced out), itself included; every repeat 0 ran on the
-    same split with the same seed, so the scores compare like with like.
-    """
-    scores = [s for s in (_repeat0_score(t, spec) for t in _finished(trial)) if s is not None]
-    if len(scores) < spec.racing.n_startup_trials:
-        return ""
-    pool = sorted([*scores, score0])
-    cut = pool[max(0, math.ceil(spec.racing.keep * len(pool)) - 1)]
-    if score0 <= cut:
-        return ""
-    return (
-        f"raced out after repeat 0 of {spec.training.repeats}: its repeat-0 score {score0:.4g} is not "
-        f"among the best {spec.racing.keep:.0%} of {len(pool)} repeat-0 scores (cut {cut:.4g})"
-    )
 
 
 def study_reference(trial: optuna.Trial, repeats: int) -> tuple[float, ...] | None:
@@ -223,18 +283,6 @@ def _finished(trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:
     from optuna.trial import TrialState
 
     return trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-
-
-def _repeat0_score(t: optuna.trial.FrozenTrial, spec: StudySpec) -> float | None:
-    """A finished trial's repeat-0 score, when its repeat 0 ran to its end."""
-    if t.state.name == "PRUNED" and not t.user_attrs.get(records.RACED_OUT):
-        return None
-    means, stds = records.trial_attr(t, "repeat_means"), records.trial_attr(t, "repeat_stds")
-    if not (isinstance(means, list) and isinstance(stds, list) and means and stds):
-        return None
-    if not all(isinstance(x, int | float) for x in (means[0], stds[0])):
-        return None
-    return float(means[0]) + spec.stability.risk * float(stds[0])
 
 
 def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:

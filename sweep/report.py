@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sweep import records
+from sweep import ledger, records
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec
 from sweep.stability import Diagnosis, judge_spread, residual_spread, split_reference, window_words
@@ -30,7 +30,7 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "gap",
     "repeat_spread",
 )
-_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED)
+_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED, ledger.VERIFIES)
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
@@ -185,9 +185,24 @@ def rank(
         spec = stored_spec(study.name, study.user_attrs)
         tail = tail or spec.stability.tail
         rows = [_rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail) for r in rows]
-    rows = _judge_spreads(rows, study, tail=tail)
+    rows = _judge_spreads(_latest(rows), study, tail=tail)
     ranked = _rank_rows(rows, by=by, include_all=include_all)
     return ranked[:top] if top else ranked
+
+
+def _latest(rows: list[TrialRow]) -> list[TrialRow]:
+    """``rows`` less the trials whose configuration a later trial verified (:func:`sweep.ledger.superseded`)."""
+
+    def key(r: TrialRow) -> int:
+        k = r.attrs.get(ledger.VERIFIES)
+        return k if isinstance(k, int) and not isinstance(k, bool) else r.number
+
+    def n(r: TrialRow) -> int:
+        v = r.attrs.get("n_repeats")
+        return v if isinstance(v, int) else 0
+
+    gone = ledger.superseded((r.number, r.state, key(r), n(r)) for r in rows)
+    return [r for r in rows if r.number not in gone]
 
 
 def _rescore(row: TrialRow, *, risk: float, tail: int) -> TrialRow:

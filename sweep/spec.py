@@ -1,7 +1,8 @@
 """Study files: TOML -> a frozen, validated :class:`StudySpec`.
 
 A study file has the sections ``[study]``, ``[data]``, ``[model]``, ``[search]``,
-``[training]``, ``[stability]``, ``[sampler]``, ``[pruner]``, ``[racing]``, ``[worker]`` and ``[dashboard]``.
+``[training]``, ``[stability]``, ``[sampler]``, ``[pruner]``, ``[racing]``, ``[allocation]``, ``[worker]`` and
+``[dashboard]``.
 Every later step reads the frozen spec, never the raw TOML. Every mistake is
 reported as one line naming the field, the value and what is allowed
 (:class:`sweep.errors.SpecError`), before anything is written anywhere.
@@ -278,6 +279,8 @@ class StudySection(_Section):
     seed: int | None = None
     n_trials: int | None = Field(default=None, ge=1)
     timeout: float | None = None
+    budget: int | None = Field(default=None, ge=1)
+    """Epochs to train in all (every repeat of every trial); the allocation plans against it."""
     objective: Literal["score", "pareto"] = "score"
 
     @field_validator("name", mode="before")
@@ -297,10 +300,10 @@ class StudySection(_Section):
 
     @model_validator(mode="after")
     def _budget(self) -> StudySection:
-        if self.n_trials is None and self.timeout is None:
+        if self.n_trials is None and self.timeout is None and self.budget is None:
             raise ValueError(
-                "set n_trials or timeout (or both) so the sweep knows when to stop "
-                "(in the file, or with --n-trials / --timeout)"
+                "set budget, n_trials or timeout (any of them) so the sweep knows when to stop "
+                "(in the file, or with --budget / --n-trials / --timeout)"
             )
         return self
 
@@ -316,6 +319,18 @@ class DataSection(_Section):
     group: str | None = None
     length: int | None = Field(default=None, ge=50)
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, value: Any) -> tuple[str, ...] | None:
+        """TOML has arrays, not tuples: a list of distinct column names is the form a study file gives."""
+        if value is None:
+            return None
+        if isinstance(value, list | tuple) and value and all(isinstance(v, str) and v for v in value):
+            if len(set(value)) != len(value):
+                raise ValueError(f"got {_show(list(value))}; the column names must be distinct")
+            return tuple(value)
+        raise ValueError(f"got {_show(value)}; allowed: a non-empty list of column names")
 
     @field_validator("target")
     @classmethod
@@ -414,6 +429,20 @@ class RacingSection(_Section):
     n_startup_trials: int = Field(default=3, ge=0)
 
 
+class AllocationSection(_Section):
+    """How repeats are spent (:mod:`sweep.allocation`): which configurations get more than repeat 0.
+
+    ``intensify`` (default) races each new configuration against the incumbent on
+    the same repeats; ``single`` trains repeat 0 only; ``racing`` gives all
+    repeats to the best ``racing.keep`` of repeat-0 scores; ``full`` gives every
+    configuration every repeat. With ``study.budget``, the ``verify`` best
+    configurations get their missing repeats before the budget runs out.
+    """
+
+    policy: Literal["intensify", "single", "racing", "full"] = "intensify"
+    verify: int = Field(default=1, ge=0)
+
+
 class WorkerSection(_Section):
     """How a worker process runs; none of it changes results, so it is not drift-checked."""
 
@@ -484,8 +513,28 @@ class StudySpec(_Section):
     sampler: SamplerSection = Field(default_factory=SamplerSection)
     pruner: PrunerSection = Field(default_factory=PrunerSection)
     racing: RacingSection = Field(default_factory=RacingSection)
+    allocation: AllocationSection = Field(default_factory=AllocationSection)
     worker: WorkerSection = Field(default_factory=WorkerSection)
     dashboard: DashboardSection = Field(default_factory=DashboardSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _racing_files(cls, raw: Any) -> Any:
+        """Study files written before ``[allocation]`` keep their meaning.
+
+        Without ``allocation.policy``, ``racing.enabled = false`` means every
+        repeat for every trial (``full``), and a ``[racing]`` section that
+        leaves racing on means ``racing``.
+        """
+        if not isinstance(raw, dict) or not isinstance(racing := raw.get("racing"), dict) or not racing:
+            return raw
+        allocation = raw.get("allocation")
+        if isinstance(allocation, dict) and "policy" in allocation:
+            return raw
+        if allocation is not None and not isinstance(allocation, dict):
+            return raw
+        policy = "full" if racing.get("enabled") is False else "racing"
+        return {**raw, "allocation": {**(allocation or {}), "policy": policy}}
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sweep import records
+from sweep import ledger, records
+from sweep.allocation import Action, Decision
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
 from sweep.outage import OutageTimeout, gave_up, is_outage, retry
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
@@ -33,6 +34,8 @@ from sweep.records import FailReason
 
 if TYPE_CHECKING:
     import optuna
+
+    from sweep.spec import StudySpec
 
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -179,6 +182,13 @@ def run_worker(
     done_here = 0
     next_refresh = 0.0
     while _has_room(study, target=target, deadline=deadline, signals=signals):
+        step = objective.db(lambda: allocate(study, spec), "allocating the next trial")
+        if step.action is Action.STOP:
+            log.info("%s", step.reason)
+            break
+        if step.action is Action.WAIT:
+            time.sleep(POLL_S)
+            continue
         finished: list[optuna.trial.FrozenTrial] = []
         objective.last = None
         try:
@@ -422,6 +432,22 @@ def _has_room(
             return True
         fail_stale_trials(study)
         time.sleep(POLL_S)
+
+
+def allocate(study: optuna.Study, spec: StudySpec) -> Decision:
+    """The allocation's next step for this worker (:func:`sweep.allocation.next_run`), from the storage.
+
+    A repeat of an earlier configuration is queued as a trial with its
+    parameters and a ``verifies`` attr, which the next ``optimize`` takes.
+    """
+    from sweep.allocation import next_run
+
+    seen = ledger.observe(study.get_trials(deepcopy=False), spec=spec)
+    step = next_run(seen.configs, ledger.plan_of(spec), used=seen.used)
+    if step.action is Action.REPEAT and step.key is not None:
+        study.enqueue_trial(dict(seen.records[step.key].params), user_attrs={ledger.VERIFIES: step.key})
+        log.info("%s: queued repeat %s of trial %d", step.reason, step.repeat, step.key)
+    return step
 
 
 def _die_with_parent() -> None:

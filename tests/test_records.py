@@ -123,6 +123,7 @@ def _long_attrs(repeats: int = 50) -> dict[str, object]:
         **summary_attrs(summary),
         records.FAIL_REASON: "error: ValueError: " + "x" * 400,
         records.STOPPED: "all 50 repeats ran",
+        "repeat_scores": [0.7] * repeats,
     }
 
 

@@ -256,7 +256,7 @@ BAD_SECTIONS: list[tuple[str, dict[str, str | None], str, list[str]]] = [
         "no-budget",
         {"study": 'name = "no-budget"'},
         "study",
-        ["set n_trials or timeout", "--n-trials / --timeout"],
+        ["set budget, n_trials or timeout", "--n-trials / --timeout"],
     ),
     (
         "bad-timeout",
@@ -489,7 +489,7 @@ def test_none_update_leaves_the_file_value(tmp_path: Path) -> None:
 
 def test_update_can_supply_the_missing_budget(tmp_path: Path) -> None:
     path = write_study(tmp_path, study_text(study='name = "t"'))
-    with pytest.raises(SpecError, match="set n_trials or timeout"):
+    with pytest.raises(SpecError, match="set budget, n_trials or timeout"):
         load_spec(path)
     assert load_spec(path, updates={"study.n_trials": 4}).study.n_trials == 4
 
@@ -790,3 +790,60 @@ def test_an_override_keeps_its_toml_type_and_is_refused_where_it_does_not_fit(
     with pytest.raises(SpecError) as info:
         load_spec(path, overrides=[override])
     assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- features, budget, allocation
+
+
+def test_a_study_file_names_its_feature_columns_with_a_toml_array(tmp_path: Path) -> None:
+    """TOML has arrays, not tuples: a CSV with a date column is read through ``features``."""
+    from sweep.data import data_kwargs, load_dataset
+
+    (tmp_path / "sst.csv").write_text(
+        "date,month,sst\n" + "".join(f"2020-{m % 12 + 1:02d}-01,{m % 12 + 1},{20 + (m % 12) * 0.5}\n" for m in range(80)),
+        encoding="utf-8",
+    )
+    text = study_text(
+        data='source = "csv"\npath = "sst.csv"\ntask = "forecast"\ntarget = "sst"\nfeatures = ["month", "sst"]\nlookback = 6'
+    )
+    spec = load_spec(write_study(tmp_path, text))
+    assert spec.data.features == ("month", "sst")
+    ds = load_dataset(**data_kwargs(spec.data))
+    assert ds.X.shape[1:] == (6, 2)
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ("[]", 'data.features: got []; allowed: a non-empty list of column names'),
+        ('["a", "a"]', 'data.features: got ["a", "a"]; the column names must be distinct'),
+        ('"a"', "data.features: got 'a'; allowed: a non-empty list of column names"),
+    ],
+)
+def test_bad_features_are_one_line(tmp_path: Path, features: str, message: str) -> None:
+    text = study_text(data=f'source = "csv"\npath = "x.csv"\ntask = "regression"\nfeatures = {features}')
+    path, error = spec_error(tmp_path, text)
+    assert error == f"{path}: {message}"
+
+
+def test_a_budget_alone_says_when_to_stop_and_the_default_allocation_is_intensify() -> None:
+    raw = base_raw()
+    raw["study"] = {"name": "b", "budget": 150}
+    spec = spec_from_dict(raw)
+    assert spec.study.budget == 150 and spec.study.n_trials is None
+    assert spec.allocation.policy == "intensify" and spec.allocation.verify == 1
+    with pytest.raises(SpecError, match=r"study\.budget: got 0; allowed: greater than or equal to 1"):
+        spec_from_dict(base_raw(study={"name": "b", "budget": 0}))
+
+
+@pytest.mark.parametrize(
+    ("sections", "policy"),
+    [
+        ({"racing": {"enabled": False}}, "full"),
+        ({"racing": {"keep": 0.5}}, "racing"),
+        ({"racing": {"enabled": False}, "allocation": {"policy": "single"}}, "single"),
+        ({"allocation": {"verify": 2}}, "intensify"),
+    ],
+)
+def test_study_files_from_before_the_allocation_keep_their_meaning(sections: dict[str, Any], policy: str) -> None:
+    assert spec_from_dict(base_raw(**sections)).allocation.policy == policy
