@@ -686,9 +686,12 @@ def finished_trials(url: str, study_name: str) -> list[Any]:
 
 
 def epochs_of(trial: Any) -> int:
-    """Epochs a trial trained, from its stored ``curves`` attr (every repeat)."""
-    from sweep import records
+    """Epochs a trial trained itself: ``epochs_trained`` (repeats a verifying trial copied left out), else
+    every repeat of its stored ``curves`` attr (trials written before the allocation)."""
+    from sweep import ledger, records
 
+    if isinstance(trained := trial.user_attrs.get(ledger.EPOCHS_TRAINED), int):
+        return trained
     curves = records.trial_attr(trial, records.CURVES) or {}
     return sum(len(c) for c in curves.get("val_loss", []))
 

@@ -65,7 +65,7 @@ class Ledger:
 
     configs: tuple[Config, ...]
     used: float
-    """Epochs trained so far, plus ``cost`` for each repeat in flight (except the asking trial's)."""
+    """Epochs trained so far, plus ``cost`` for each repeat in flight or queued (except the asking trial's)."""
     records: dict[int, FrozenTrial]
     """For each configuration key, the trial that holds its most repeats."""
 
@@ -86,7 +86,8 @@ def observe(trials: Iterable[FrozenTrial], *, spec: StudySpec, asking: int | Non
         state = t.state.name
         if state == "WAITING":
             if VERIFIES in t.user_attrs:
-                busy.add(config_key(t))  # claimed: a worker will pick it up
+                busy.add(config_key(t))  # claimed and queued: the next worker to ask for a trial trains it
+                used += cost
             continue
         used += epochs_trained(t)
         key = config_key(t)

@@ -52,7 +52,12 @@ name = "none"
 def write_study(folder: Path, *, name: str = "tiny", n_trials: int = 3, family: str = "lstm", epochs: int = 3,
                 extra: str = "") -> Path:
     path = folder / f"{name}.toml"
-    path.write_text(TINY_STUDY.format(name=name, n_trials=n_trials, family=family, epochs=epochs) + extra)
+    text = TINY_STUDY.format(name=name, n_trials=n_trials, family=family, epochs=epochs) + extra
+    if "[racing]" not in text and "[allocation]" not in text:
+        # Tests of storage, workers and reports: every trial takes its repeats as under the racing that was
+        # the default before [allocation] (the allocation has tests of its own, tests/test_allocation.py).
+        text += '\n[allocation]\npolicy = "racing"\n'
+    path.write_text(text)
     return path
 
 

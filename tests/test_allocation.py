@@ -78,7 +78,9 @@ def test_the_comparison_is_invariant_to_what_every_configuration_shares() -> Non
     """Adding the same offset to one repeat for every configuration (a hard split) changes no decision."""
     plan = Plan(policy=Policy.INTENSIFY, repeats=3)
     inc, challenger = Config(0, (0.5, 0.4, 0.45)), Config(1, (0.45, 0.41))
-    shifted = [Config(c.key, tuple(s + (7.0 if r == 1 else 0.0) for r, s in enumerate(c.scores))) for c in (inc, challenger)]
+    shifted = [
+        Config(c.key, tuple(s + (7.0 if r == 1 else 0.0) for r, s in enumerate(c.scores))) for c in (inc, challenger)
+    ]
     assert go_on([inc, challenger], plan, 1, used=5).action == go_on(shifted, plan, 1, used=5).action
 
 
@@ -140,7 +142,8 @@ def test_racing_keeps_the_best_quantile_of_first_repeats() -> None:
     firsts = [Config(k, (s,)) for k, s in enumerate([0.2, 0.4, 0.6])]
     assert go_on([*firsts, Config(9, (0.3,))], plan, 9, used=4).action is Action.REPEAT
     out = go_on([*firsts, Config(9, (0.7,))], plan, 9, used=4)
-    assert out.action is Action.STOP and out.reason.startswith("raced out: its repeat-0 score 0.7 is not among the best 50% of 4")
+    assert out.action is Action.STOP
+    assert out.reason.startswith("raced out: its repeat-0 score 0.7 is not among the best 50% of 4")
     assert go_on([Config(9, (5.0,))], plan, 9, used=1).action is Action.REPEAT  # startup
 
 

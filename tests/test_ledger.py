@@ -1,4 +1,4 @@
-"""The allocation read from a real storage: every worker reaches the same decision, and a real sweep spends its budget."""
+"""The allocation read from a real storage: every worker decides alike, and a real sweep spends its budget."""
 
 from __future__ import annotations
 
@@ -72,9 +72,9 @@ def test_two_workers_reading_one_storage_decide_alike_and_never_verify_twice(sto
     assert (step.action, step.key, step.repeat) == (Action.REPEAT, 1, 2)
     queued = second.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     assert [(t.system_attrs["fixed_params"], t.user_attrs[ledger.VERIFIES]) for t in queued] == [({"units": 20}, 1)]
-    # The other worker sees the claim: the configuration is not queued twice, the rest is kept for it
+    # The other worker sees the claim: the configuration is not queued twice, and its epochs are spoken for
     again = allocate(second, spec)
-    assert again.action is Action.WAIT
+    assert again.action is Action.STOP and again.reason == "the budget is spent (100 of 100)"
     assert len(second.get_trials(deepcopy=False, states=(TrialState.WAITING,))) == 1
 
 
@@ -108,9 +108,9 @@ def test_the_ranking_shows_a_configuration_once_with_its_most_repeats(tmp_path: 
 
 @pytest.mark.slow
 def test_a_real_sweep_spends_its_budget_to_within_one_training(tmp_path: Path) -> None:
-    study = write_study(tmp_path, name="budget", n_trials=1, epochs=3)
-    text = study.read_text().replace("n_trials = 1\n", "budget = 20\n").replace("patience = 3", "patience = 10")
-    study.write_text(text + '\n[allocation]\npolicy = "intensify"\n')
+    study = write_study(tmp_path, name="budget", n_trials=1, epochs=3, extra='\n[allocation]\npolicy = "intensify"\n')
+    text = study.read_text().replace("n_trials = 1\n", "budget = 20\n")
+    study.write_text(text.replace("patience = 3", "patience = 10"))
     url = f"sqlite:///{tmp_path / 'b.db'}"
     result = run_cli("run", str(study), "--storage", url, "--quiet", timeout=600)
     assert result.returncode == 0, result.stderr

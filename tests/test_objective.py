@@ -9,9 +9,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from sweep import records
+from sweep import ledger, records
+from sweep.allocation import Action, Config, go_on
 from sweep.data import load_dataset
-from sweep.objective import Objective, race
+from sweep.objective import Objective
 from sweep.report import rank
 from sweep.runner import prepare_study
 from sweep.space import distributions
@@ -80,7 +81,7 @@ def test_racing_stops_a_hopeless_configuration_after_one_repeat_and_keeps_a_cont
     attrs = hopeless.user_attrs
     assert attrs[records.RACED_OUT] is True
     assert attrs["n_repeats"] == 1 and len(records.trial_attr(hopeless, records.CURVES)["val_loss"]) == 1
-    assert attrs[records.STOPPED].startswith("raced out after repeat 0 of 2: its repeat-0 score")
+    assert attrs[records.STOPPED].startswith("stopped after 1 of 2 repeats: raced out: its repeat-0 score")
     assert attrs["diagnosis"] == "pruned" and "not trained to the end" in records.trial_attr(hopeless, "hint")
     # one number: Optuna's value (its last report), the stored score and the ranked score
     assert hopeless.value == attrs["score"]
@@ -110,20 +111,24 @@ def test_a_pruned_trial_reports_its_running_score_and_gets_no_training_advice(tm
     assert "more epochs" not in records.trial_attr(trial, "hint")
 
 
+def race(study: optuna.Study, score0: float, spec: StudySpec) -> str:
+    """Why a new trial whose repeat 0 scored ``score0`` stops there, as the allocation reads the study; or ``""``."""
+    seen = ledger.observe(study.get_trials(deepcopy=False), spec=spec)
+    me = Config(key=10_000, scores=(score0,), busy=True)
+    step = go_on([*seen.configs, me], ledger.plan_of(spec), me.key, used=seen.used)
+    return "" if step.action is Action.REPEAT else step.reason
+
+
 def test_race_rule_cuts_at_the_keep_fraction(tmp_path: Path) -> None:
     study, spec = _study(tmp_path, "\n[racing]\nn_startup_trials = 3\nkeep = 0.25\n")
     _finished(study, spec, [1.0, 2.0])
-    trial = study.ask()
-    assert race(trial, 9.0, spec) == ""  # two finished trials: still starting up
+    assert race(study, 9.0, spec) == ""  # two finished trials: still starting up
     _finished(study, spec, [3.0, 4.0, 5.0, 6.0, 7.0])
     # pool of 8 with the trial itself: the best 25% are the 2 lowest
-    assert race(trial, 1.5, spec) == ""
-    assert race(trial, 2.0, spec) == ""
-    verdict = race(trial, 2.5, spec)
-    assert verdict == (
-        "raced out after repeat 0 of 2: its repeat-0 score 2.5 is not among the best 25% "
-        "of 8 repeat-0 scores (cut 2)"
-    )
+    assert race(study, 1.5, spec) == ""
+    assert race(study, 2.0, spec) == ""
+    verdict = race(study, 2.5, spec)
+    assert verdict == "raced out: its repeat-0 score 2.5 is not among the best 25% of 8 repeat-0 scores (cut 2)"
 
 
 def test_race_ignores_trials_pruned_inside_repeat_0(tmp_path: Path) -> None:
@@ -133,7 +138,6 @@ def test_race_ignores_trials_pruned_inside_repeat_0(tmp_path: Path) -> None:
         state=TrialState.PRUNED, params={**GOOD, "layer_norm": False}, distributions=dists,
         user_attrs={"repeat_means": [0.01], "repeat_stds": [0.0]}, intermediate_values={0: 0.01},
     ))  # fmt: skip
-    trial = study.ask()
-    assert race(trial, 5.0, spec) == ""  # a half-trained repeat 0 is no yardstick: still starting up
+    assert race(study, 5.0, spec) == ""  # a half-trained repeat 0 is no yardstick: still starting up
     _finished(study, spec, [1.0])
-    assert race(trial, 5.0, spec).startswith("raced out")
+    assert race(study, 5.0, spec).startswith("raced out")

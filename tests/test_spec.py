@@ -799,13 +799,11 @@ def test_a_study_file_names_its_feature_columns_with_a_toml_array(tmp_path: Path
     """TOML has arrays, not tuples: a CSV with a date column is read through ``features``."""
     from sweep.data import data_kwargs, load_dataset
 
-    (tmp_path / "sst.csv").write_text(
-        "date,month,sst\n" + "".join(f"2020-{m % 12 + 1:02d}-01,{m % 12 + 1},{20 + (m % 12) * 0.5}\n" for m in range(80)),
-        encoding="utf-8",
-    )
-    text = study_text(
-        data='source = "csv"\npath = "sst.csv"\ntask = "forecast"\ntarget = "sst"\nfeatures = ["month", "sst"]\nlookback = 6'
-    )
+    rows = "".join(f"2020-{m % 12 + 1:02d}-01,{m % 12 + 1},{20 + (m % 12) * 0.5}\n" for m in range(80))
+    (tmp_path / "sst.csv").write_text("date,month,sst\n" + rows, encoding="utf-8")
+    data = 'source = "csv"\npath = "sst.csv"\ntask = "forecast"\ntarget = "sst"\n'
+    data += 'features = ["month", "sst"]\nlookback = 6'
+    text = study_text(data=data)
     spec = load_spec(write_study(tmp_path, text))
     assert spec.data.features == ("month", "sst")
     ds = load_dataset(**data_kwargs(spec.data))
