@@ -222,6 +222,9 @@ def go_on(configs: Sequence[Config], plan: Plan, key: int, *, used: float) -> De
     me = next((c for c in configs if c.key == key), None)
     if me is None:
         raise ValueError(f"configuration {key} is not among the observed ones")
+    if me.busy:  # its repeat has ended: the next one is what it asks for, not one in flight
+        me = Config(me.key, me.scores, busy=False, closed=me.closed)
+        configs = [me if c.key == key else c for c in configs]
     if me.closed or me.n == 0:
         return Decision(Action.STOP, key, reason="it takes no more repeats")
     if me.n >= plan.repeats:
@@ -236,8 +239,7 @@ def go_on(configs: Sequence[Config], plan: Plan, key: int, *, used: float) -> De
     if plan.budget is not None:
         left = plan.budget - used
         if left - plan.cost < reserve(configs, plan):
-            others = [c if c.key != key else Config(c.key, c.scores, busy=False, closed=c.closed) for c in configs]
-            chosen = _to_verify(others, plan, left=left)
+            chosen = _to_verify(configs, plan, left=left)
             if chosen is not None and chosen.key == key:
                 return Decision(Action.REPEAT, key, me.n, "final verification")
     match plan.policy:

@@ -82,6 +82,10 @@ class StudyStatus:
     counts: dict[str, int]
     done: int
     best: RankedTrial | None
+    epochs: int = 0
+    """Epochs trained so far, every repeat of every trial (repeats a verifying trial copied counted once)."""
+    budget: int | None = None
+    """The study's ``study.budget`` in epochs, if it has one."""
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,13 +97,18 @@ class StudyStatus:
         if self.data:
             out.append(f"data     {self.data}")
         out.append(f"done     {self.done} of {self.target if self.target is not None else '-'}")
+        if self.budget is not None:
+            out.append(f"budget   {self.epochs} of {self.budget} epochs trained")
+        else:
+            out.append(f"epochs   {self.epochs} trained")
         states = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
         out.append("trials   " + ", ".join(f"{self.counts.get(s, 0)} {s.lower()}" for s in states))
         if self.best is None:
             out.append("best     - (no complete trial yet)")
         else:
             b = self.best
-            out.append(f"best     trial {b.number}: score {_fmt(b.score)} ({b.diagnosis})")
+            over = f" over {b.n_repeats} repeat{'s' * (b.n_repeats != 1)}" if b.n_repeats else ""
+            out.append(f"best     trial {b.number}: score {_fmt(b.score)}{over} ({b.diagnosis})")
             out.append("         " + " ".join(f"{k}={_fmt(v)}" for k, v in b.params.items()))
         return out
 
@@ -126,7 +135,7 @@ def study_spec(study_name: str, *, url: str) -> StudySpec:
 def study_status(study_name: str, *, url: str) -> StudyStatus:
     """Counts by state, progress toward the target and the best trial; reads only the storage."""
     study = _open(study_name, url)
-    rows = _judge_spreads(_read_rows(study, keys=_KEYS), study)
+    rows = _judge_spreads(_read_rows(study, keys=(*_KEYS, ledger.EPOCHS_TRAINED, "epochs")), study)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -141,7 +150,25 @@ def study_status(study_name: str, *, url: str) -> StudyStatus:
         counts=counts,
         done=done,
         best=ranked[0] if ranked else None,
+        epochs=sum(_epochs(r) for r in rows),
+        budget=_budget(study),
     )
+
+
+def _epochs(row: TrialRow) -> int:
+    """Epochs a trial trained itself (:func:`sweep.ledger.epochs_trained`, from a row)."""
+    trained = row.attrs.get(ledger.EPOCHS_TRAINED)
+    if isinstance(trained, int):
+        return trained
+    epochs = row.attrs.get("epochs")
+    return sum(e for e in epochs if isinstance(e, int)) if isinstance(epochs, list) else 0
+
+
+def _budget(study: _Study) -> int | None:
+    raw = study.user_attrs.get(records.SPEC)
+    study_section = raw.get("study") if isinstance(raw, dict) else None
+    budget = study_section.get("budget") if isinstance(study_section, dict) else None
+    return budget if isinstance(budget, int) else None
 
 
 def _counts(row: TrialRow) -> bool:

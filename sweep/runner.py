@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sweep import records
+from sweep import ledger, records
 from sweep.devices import assign, discover, parse_gpus, worker_env
 from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, SweepError, UserError
 from sweep.outage import OutageTimeout, retry
@@ -220,7 +220,10 @@ def requeue_interrupted(study: optuna.Study, *, enqueue: bool = True) -> list[in
         and t.number not in done
     ]
     for t in again if enqueue else []:
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        attrs: dict[str, Any] = {"retry_of": t.number}
+        if (key := t.user_attrs.get(ledger.VERIFIES)) is not None:
+            attrs[ledger.VERIFIES] = key  # it goes on verifying the same configuration
+        study.enqueue_trial(t.params, user_attrs=attrs, skip_if_exists=False)
     if again:
         study.set_user_attr(records.REQUEUED, sorted(done | {t.number for t in again}))
     return [t.number for t in again]

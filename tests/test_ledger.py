@@ -128,3 +128,18 @@ def test_a_real_sweep_spends_its_budget_to_within_one_training(tmp_path: Path) -
     assert records.trial_attr(verified[0], records.CURVES)["val_loss"][0] == first
     shown = json.loads(run_cli("rank", "budget", "--storage", url, "--format", "json").stdout)
     assert [(r["number"], r["n_repeats"]) for r in shown] == [(verified[0].number, 2)]
+
+
+def test_status_says_how_much_of_the_budget_is_trained(tmp_path: Path) -> None:
+    from sweep.report import study_status
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="ledger", storage=url)
+    study.set_user_attr(records.SPEC, _spec(budget=100).to_json_dict())
+    _add(study, 20, [0.3], epochs=10)
+    _add(study, 20, [0.3, 0.4, 0.35], epochs=17, verifies=0, state=TrialState.COMPLETE)
+    status = study_status("ledger", url=url)
+    assert (status.epochs, status.budget) == (27, 100)
+    lines = status.lines()
+    assert "budget   27 of 100 epochs trained" in lines
+    assert any(line.startswith("best     trial 1: score 0.35 over 3 repeats") for line in lines), lines
