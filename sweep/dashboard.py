@@ -235,16 +235,18 @@ def study_note(name: str, ranked: list[Any]) -> str:
         f"### Stability ranking of {name} (top {len(top)} of {len(ranked)} complete)",
         "",
         "Lower is better: score = tail_mean + risk × tail_std, both from each repeat's own tail "
-        "(the spread between splits is the same for every trial and is left out). Updated " + stamp + ".",
+        "(the spread between splits is the same for every trial and is left out). Only complete trials "
+        "are ranked: every repeat trained (verified), each configuration once. Updated " + stamp + ".",
         "",
-        "| rank | trial | score | tail_mean | tail_std | diagnosis "
+        "| rank | trial | repeats | score | tail_mean | tail_std | diagnosis "
         "| layers | units | lr | optimizer | batch | dropout | l2 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in top:
         p = r.params
         lines.append(
-            f"| {r.rank} | {r.number} | {_f(r.score)} | {_f(r.tail_mean)} | {_f(r.tail_std)} | {r.diagnosis} "
+            f"| {r.rank} | {r.number} | {r.n_repeats if r.n_repeats is not None else '-'} | {_f(r.score)} "
+            f"| {_f(r.tail_mean)} | {_f(r.tail_std)} | {r.diagnosis} "
             f"| {p.get('n_layers')} | {p.get('units')} | {_f(p.get('learning_rate'))} | {p.get('optimizer')} "
             f"| {p.get('batch_size')} | {_f(p.get('dropout'))} | {_f(p.get('l2'))} |"
         )

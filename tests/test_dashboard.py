@@ -167,6 +167,7 @@ def _ranked(n: int) -> list[RankedTrial]:
                 repeat_spread=0.01,
                 diagnosis="stable",
                 hint="nothing to change",
+                n_repeats=3,
                 params={"n_layers": 1, "units": 8 + i, "learning_rate": 0.001, "optimizer": "adam",
                         "batch_size": 64, "dropout": 0.1, "l2": 1e-5},
             )
@@ -271,8 +272,8 @@ def test_study_note_lists_the_top_ten_in_rank_order() -> None:
     assert [int(r[0]) for r in rows] == list(range(1, 11))
     assert [int(r[1]) for r in rows] == [r.number for r in ranked[:10]]
     first = ranked[0]
-    assert rows[0][2:6] == [_f(first.score), _f(first.tail_mean), _f(first.tail_std), "stable"]
-    assert rows[0][6:] == ["1", "8", "0.001", "adam", "64", "0.1", "1e-05"]
+    assert rows[0][2:7] == ["3", _f(first.score), _f(first.tail_mean), _f(first.tail_std), "stable"]
+    assert rows[0][7:] == ["1", "8", "0.001", "adam", "64", "0.1", "1e-05"]
 
 
 def test_study_note_says_what_to_change_in_each_unstable_trial_of_the_top_ten() -> None:
