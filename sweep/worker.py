@@ -151,6 +151,11 @@ def run_worker(
             surplus = FailReason.SURPLUS.reason(f"trial {retry_of} was already queued again")
             records.set_attrs(trial, {records.FAIL_REASON: surplus})
             raise _Surplus(f"trial {retry_of} was queued again by two processes at once")
+        verifies = trial.user_attrs.get(ledger.VERIFIES)
+        if verifies is not None and retry_of is None and (busy := verified_elsewhere(trial.number, verifies, trials)):
+            surplus = FailReason.SURPLUS.reason(f"configuration {verifies} is being trained by trial {busy}")
+            records.set_attrs(trial, {records.FAIL_REASON: surplus})
+            raise _Surplus(f"configuration {verifies} was queued for verification by two processes at once")
         if target is None:
             return
         ahead = sum(
@@ -432,6 +437,14 @@ def _has_room(
             return True
         fail_stale_trials(study)
         time.sleep(POLL_S)
+
+
+def verified_elsewhere(number: int, key: int, trials: list[optuna.trial.FrozenTrial]) -> int | None:
+    """An earlier running trial that trains configuration ``key`` (two workers queued the same repeat), if any."""
+    for t in trials:
+        if t.number < number and t.state.name == "RUNNING" and ledger.config_key(t) == key:
+            return t.number
+    return None
 
 
 def allocate(study: optuna.Study, spec: StudySpec) -> Decision:

@@ -143,3 +143,20 @@ def test_status_says_how_much_of_the_budget_is_trained(tmp_path: Path) -> None:
     lines = status.lines()
     assert "budget   27 of 100 epochs trained" in lines
     assert any(line.startswith("best     trial 1: score 0.35 over 3 repeats") for line in lines), lines
+
+
+def test_a_repeat_queued_twice_by_two_workers_is_trained_once(tmp_path: Path) -> None:
+    from sweep.worker import verified_elsewhere
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = optuna.create_study(study_name="ledger", storage=url)
+    _add(study, 20, [0.3], epochs=10)  # trial 0
+    for _ in range(2):  # both workers decided before either had queued it
+        study.enqueue_trial({"units": 20}, user_attrs={ledger.VERIFIES: 0})
+    first = study.ask({"units": IntDistribution(1, 100)})
+    second = study.ask({"units": IntDistribution(1, 100)})
+    trials = study.get_trials(deepcopy=False)
+    assert (first.number, second.number) == (1, 2)
+    assert verified_elsewhere(first.number, 0, trials) is None
+    assert verified_elsewhere(second.number, 0, trials) == 1
+    assert verified_elsewhere(second.number, 5, trials) is None
