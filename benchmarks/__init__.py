@@ -16,5 +16,6 @@ BENCHMARKS: dict[str, str] = {
     "many_workers": "benchmarks.many_workers",
     "search_quality": "benchmarks.search_quality",
     "gpu": "benchmarks.gpu",
+    "allocation": "benchmarks.allocation",
 }
 """Benchmark name (for ``--only``) -> module, in the order they run."""

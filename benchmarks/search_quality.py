@@ -18,15 +18,17 @@ searches the development part only, its own way:
   (``make_splits(dev, n_splits=1)``), each picking the configuration with
   the lowest validation loss seen,
 - ``sweep run`` on the development part written to a file (NPZ, or the CSV's
-  own rows), with its repeats, pruner and racing, picking ``rank()``'s first
-  complete trial.
+  own rows), with its repeats, pruner and allocation (``--budget B``), picking
+  ``rank()``'s first complete (verified) trial; once with the default
+  allocation (``sweep``) and once with every repeat for every configuration
+  (``sweep_full``: ``--set 'allocation.policy="full"'``).
 
 Every tool gets the same budget of B training epochs per (dataset, search
 seed), counted as trained (early stopping, pruning and racing spend less),
 and starts a trial only while its epochs so far plus that trial's stay within
 B: ``max_epochs`` for RandomSearch and TPE, the epochs Hyperband assigns (only
-the new ones when it continues a trial), ``max_epochs * repeats`` for sweep,
-whose ``sweep run`` is resumed with a larger ``--n-trials`` while that holds.
+the new ones when it continues a trial); sweep starts each *repeat* under the
+same rule (``sweep run --budget B``, :mod:`sweep.allocation`).
 Each pick is then retrained on the whole development part with fresh seeds
 (no search used them), evaluated on the test block every epoch with
 ``patience=0`` (the test block never steers training), and scored by the mean
@@ -35,17 +37,28 @@ study is retrained the same way with the first ``spearman_seeds`` fresh seeds,
 to see whether sweep's score orders configurations as their test loss does
 (Spearman), beside the lowest validation loss seen (``best``).
 
-Losses differ in scale between datasets, so tools are also compared per
+**Cells.** The unit of work is a cell: one (budget, dataset, search seed,
+tool), two jobs (the tool's search, then the retraining of its pick; one
+process and one thread each, two at a time). A cell's result is written to its
+own JSON file in a :class:`CellStore` as soon as its retraining ends; a run
+with ``--resume FOLDER`` computes only the cells the store lacks, so a large
+table can be completed over several runs. :func:`import_results` seeds a store
+from the raw results of an earlier run in ``results.json`` (the peers'
+searches and retrainings have not changed since 2026-11-30); an imported
+cell keeps its origin (date, versions, machine) and the report says which
+cells are imported. A cell that is not in the store is reported as missing.
+
+Losses differ in scale between datasets, so tools are compared per
 (dataset, search seed) by rank and by their test loss relative to the best
-tool's (:func:`summarize_tools`). Nothing is timed: two jobs (the peers'
-searches, sweep's, or a retraining; one thread each) run side by side. The
-sizes are in :data:`SIZES`.
+tool's (:func:`summarize_tools`), separately at each budget. Nothing is timed.
+The sizes are in :data:`SIZES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -54,10 +67,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from benchmarks.harness import (
     ROOT,
@@ -68,6 +81,7 @@ from benchmarks.harness import (
     bench_env,
     epochs_of,
     finished_trials,
+    now_iso,
     ratio,
     run_timed,
     sqlite_url,
@@ -85,21 +99,36 @@ TITLE = "7. search quality"
 UNTIMED = True
 """Only losses are measured: the suite may run this beside another untimed benchmark."""
 
-TOOLS = ("kt_hyperband", "kt_random", "optuna_tpe", "sweep")
+PEERS = ("kt_hyperband", "kt_random", "optuna_tpe")
+SWEEP_ROWS: dict[str, tuple[str, ...]] = {
+    "sweep": (),
+    "sweep_full": ('allocation.policy="full"',),
+}
+"""Each sweep row and the ``--set`` overrides of its ``sweep run``."""
+TOOLS = (*PEERS, *SWEEP_ROWS)
+"""Every row of the table, in its order."""
+FIELD = (*PEERS, "sweep")
+"""The four tools the goals compare; another sweep row is compared to the peers in sweep's place."""
 LABELS = {
     "kt_hyperband": "Keras Tuner Hyperband",
     "kt_random": "Keras Tuner RandomSearch",
     "optuna_tpe": "Optuna TPE",
     "sweep": "sweep",
+    "sweep_full": "sweep, every repeat for every configuration",
 }
-SHORT = {"kt_hyperband": "Hyperband", "kt_random": "Random", "optuna_tpe": "TPE", "sweep": "sweep"}
-STAGES = ("peers", "sweep", "retrain")
-"""The jobs of one (dataset, search seed): the peers' searches and sweep's side by side, then the retraining."""
+SHORT = {"kt_hyperband": "Hyperband", "kt_random": "Random", "optuna_tpe": "TPE", "sweep": "sweep",
+         "sweep_full": "sweep_full"}  # fmt: skip
+STAGES = ("search", "retrain")
+"""The jobs of one cell: the tool's search, then the retraining of its pick."""
 
-GOAL_LOSS = Goal("<=", 1.0, "<= 1 (lowest)")
-GOAL_SPREAD = Goal("<=", 1.0, "<= 1 (lowest)")
-GOAL_SPEARMAN = Goal(">=", 0.9)
-GOAL_SPEARMAN_GAIN = Goal(">", 0.0, "> 0 (score beats best)")
+GOAL_LOSS = Goal("<=", 1.0, "<= 1 (lowest of the four)")
+GOAL_RANK = Goal("<=", 1.75)
+GOAL_WORST = Goal("<=", 1.5)
+GOAL_EPOCHS = Goal("<=", 0.6, "<= 0.6 (40% fewer)")
+GOAL_EQUAL_LOSS = Goal("<=", 1.0, "<= 1 (equal or better)")
+GOAL_SPEARMAN_GAIN = Goal(">=", 0.0, ">= 0 (score at least best)")
+MIN_VERIFIED = 10
+"""Verified trials a dataset needs (its studies pooled) before its Spearman goal is judged."""
 
 SPLIT_SEED = 2024
 """The one seed of every dataset's development/test split."""
@@ -111,6 +140,16 @@ SLOTS = 2
 JOB_TIMEOUT = 2 * 3600
 """Seconds after which a job is stopped and counted as failed."""
 
+ENV_RESUME = "BENCH_QUALITY_RESUME"
+"""``python -m benchmarks`` passes no options to a benchmark: these variables are benchmark 7's.
+A store folder: compute only the cells it lacks, and write each new one there."""
+ENV_IMPORT = "BENCH_QUALITY_IMPORT"
+"""A ``results.json`` whose peers' cells seed the store first (:func:`import_results`)."""
+ENV_TOOLS = "BENCH_QUALITY_TOOLS"
+"""Rows to compute, separated by commas or spaces (default: every row); the report shows every row."""
+ENV_BUDGETS = "BENCH_QUALITY_BUDGETS"
+"""Budgets to compute (default: the size's ``budgets``); the report shows every budget of the size."""
+
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "search_seeds": [0, 1, 2],
@@ -118,7 +157,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "patience": 3,
         "repeats": 3,  # sweep's training.repeats
         "tail": 5,
-        "budget": {"digits-lstm": 150, "mackey-glass-gru": 150, "breast-cancer-dense": 150, "wine-csv-dense": 150},
+        "budgets": [150, 450],
         "hyperband_factor": 3,  # with max_epochs 10: about 120 epochs an iteration
         "fresh_seeds": 5,
         "spearman_seeds": 2,
@@ -126,7 +165,6 @@ SIZES: dict[str, dict[str, Any]] = {
         "sampler_startup": 3,  # sweep's sampler
         "pruner_startup": 3,
         "pruner_warmup": 4,
-        "max_runs": 6,  # `sweep run` calls per search at most (the first and its resumptions)
         "test_fraction": 0.2,
     },
     "quick": {
@@ -135,7 +173,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "patience": 0,
         "repeats": 2,
         "tail": 2,
-        "budget": {"digits-lstm": 12, "mackey-glass-gru": 12, "breast-cancer-dense": 12, "wine-csv-dense": 12},
+        "budgets": [12],
         "hyperband_factor": 3,  # with max_epochs 3: 11 epochs an iteration
         "fresh_seeds": 2,
         "spearman_seeds": 1,
@@ -143,18 +181,19 @@ SIZES: dict[str, dict[str, Any]] = {
         "sampler_startup": 1,
         "pruner_startup": 1,
         "pruner_warmup": 1,
-        "max_runs": 2,
         "test_fraction": 0.2,
     },
 }
 """Every size of the benchmark, per mode; change them here.
 
-``budget`` is B, the epochs each tool may train per (dataset, search seed):
-a tool starts a trial only while its epochs so far plus that trial's stay
-within B (a full trial is ``max_epochs``, ``max_epochs * repeats`` for sweep;
-a Hyperband trial that continues another needs only its new epochs).
+``budgets`` are the values of B, the epochs each tool may train per (dataset,
+search seed): a tool starts a trial only while its epochs so far plus that
+trial's stay within B (a full trial is ``max_epochs``; for sweep, each repeat
+is; a Hyperband trial that continues another needs only its new epochs).
 """
-
+CELL_SETTINGS = ("max_epochs", "patience", "repeats", "tail", "hyperband_factor", "fresh_seeds", "spearman_seeds",
+                 "tpe_startup", "sampler_startup", "pruner_startup", "pruner_warmup", "test_fraction")  # fmt: skip
+"""The settings a cell's result depends on (besides its budget, case and seed): a store holds one set of them."""
 
 @dataclass(frozen=True)
 class Case:
@@ -386,6 +425,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return math.nan if denominator == 0 else float((ra * rb).sum()) / denominator
 
 
+
 @dataclass(frozen=True)
 class ToolSummary:
     """One tool over a set of (dataset, search seed) cells."""
@@ -401,6 +441,10 @@ class ToolSummary:
     mean_relative_spread: float
     """Mean of spread / the best tool's test loss, per cell: spreads on one scale across datasets."""
     cells: int
+    worst_relative: float = math.nan
+    """The largest test loss / the best tool's test loss over the cells."""
+    worst_cell: Any = None
+    """The cell (its key) of ``worst_relative``."""
 
 
 def summarize_tools(
@@ -411,10 +455,10 @@ def summarize_tools(
     Only cells that hold every tool count. A non-finite loss ranks last and
     makes its tool's means infinite; a best loss of 0 makes that cell's ratios NaN.
     """
-    complete = [cell for cell in cells.values() if all(t in cell for t in tools)]
-    per: dict[str, dict[str, list[float]]] = {t: {"loss": [], "spread": [], "rank": [], "rel": [], "rel_spread": []}
-                                               for t in tools}  # fmt: skip
-    for cell in complete:
+    complete = [(key, cell) for key, cell in cells.items() if all(t in cell for t in tools)]
+    per: dict[str, dict[str, list[Any]]] = {t: {"loss": [], "spread": [], "rank": [], "rel": [], "rel_spread": [],
+                                                "key": []} for t in tools}  # fmt: skip
+    for key, cell in complete:
         losses = [float(cell[t][0]) for t in tools]
         best = min(losses)
         for t, loss, rank in zip(tools, losses, average_ranks(losses), strict=True):
@@ -424,9 +468,14 @@ def summarize_tools(
             per[t]["rank"].append(rank)
             per[t]["rel"].append(ratio(loss, best) if math.isfinite(loss) else math.inf)
             per[t]["rel_spread"].append(ratio(spread, best))
+            per[t]["key"].append(key)
 
     def mean(values: list[float]) -> float:
         return statistics.fmean(values) if values else math.nan
+
+    def worst(v: dict[str, list[Any]]) -> tuple[float, Any]:
+        pairs = [(r, k) for r, k in zip(v["rel"], v["key"], strict=True) if not math.isnan(r)]
+        return max(pairs, key=lambda p: p[0]) if pairs else (math.nan, None)
 
     return {
         t: ToolSummary(
@@ -436,6 +485,8 @@ def summarize_tools(
             mean_relative=mean(v["rel"]),
             mean_relative_spread=mean(v["rel_spread"]),
             cells=len(complete),
+            worst_relative=worst(v)[0],
+            worst_cell=worst(v)[1],
         )
         for t, v in per.items()
     }
@@ -450,12 +501,12 @@ def against_others(summaries: Mapping[str, ToolSummary], *, attribute: str, tool
     return ratio(getattr(summaries[tool], attribute), min(finite))
 
 
-# --------------------------------------------------------------------------- one (dataset, search seed): its plan
+# ------------------------------------------------------------------ one (budget, dataset, search seed): its plan
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What every job of one (dataset, search seed) needs; written as JSON, read by the job processes."""
+    """What every job of one (budget, dataset, search seed) needs; written as JSON, read by the job processes."""
 
     case: str
     family: str
@@ -478,15 +529,19 @@ class Plan:
     def load(cls, path: Path) -> Plan:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
-    def result(self, what: str) -> dict[str, Any]:
-        return dict(json.loads((Path(self.folder) / f"{what}.json").read_text(encoding="utf-8")))
+    def out(self, tool: str, stage: str) -> Path:
+        """Where the ``stage`` job of ``tool`` writes its result."""
+        return Path(self.folder) / f"{tool}.{stage}.json"
+
+    def result(self, tool: str, stage: str) -> dict[str, Any]:
+        return dict(json.loads(self.out(tool, stage).read_text(encoding="utf-8")))
 
 
 def study_sections(plan: Plan, dev_data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The study file of sweep's search: the development part, the case's space, the plan's sizes."""
     s = plan.settings
     return {
-        "study": {"name": STUDY, "seed": plan.seed, "n_trials": 1},
+        "study": {"name": STUDY, "seed": plan.seed, "budget": plan.budget},
         "data": {**dev_data, "validation_fraction": plan.validation_fraction},
         "model": {"family": plan.family},
         "search": dict(plan.search),
@@ -498,8 +553,16 @@ def study_sections(plan: Plan, dev_data: Mapping[str, Any]) -> dict[str, dict[st
     }
 
 
-def make_plans(folder: Path, settings: Mapping[str, Any], cases: Sequence[Case] = CASES) -> list[Plan]:
-    """Write each case's data files and each (case, search seed)'s study file and plan; seed-major order."""
+def make_plans(
+    folder: Path,
+    settings: Mapping[str, Any],
+    cases: Sequence[Case] = CASES,
+    budgets: Sequence[int] | None = None,
+) -> list[Plan]:
+    """Write each case's data files and each (budget, case, search seed)'s study file and plan.
+
+    Budget-major, then seed-major order; ``budgets`` defaults to the settings'.
+    """
     from sweep.data import load_dataset
 
     per_case: dict[str, tuple[Case, dict[str, Any], dict[str, Any]]] = {}
@@ -514,23 +577,21 @@ def make_plans(folder: Path, settings: Mapping[str, Any], cases: Sequence[Case] 
         split = dev_test_split(ds, test_fraction=settings["test_fraction"], seed=SPLIT_SEED, gap=case.gap)
         per_case[case.name] = (case, data, write_dev_file(case, ds, split.train, case_folder))
     plans = []
-    for seed in settings["search_seeds"]:
-        for case, data, dev_data in per_case.values():
-            seed_folder = Path(folder) / case.name / f"seed{seed}"
-            seed_folder.mkdir(parents=True, exist_ok=True)
-            plan = Plan(
-                case=case.name, family=case.family, data=data, search=dict(case.search),
-                validation_fraction=case.validation_fraction, gap=case.gap, seed=int(seed),
-                budget=int(settings["budget"][case.name]), settings=dict(settings), folder=str(seed_folder),
-                study_file="",
-            )  # fmt: skip
-            study_file = write_study(seed_folder, study_sections(plan, dev_data))
-            plan = replace(plan, study_file=str(study_file))
-            plan.save()
-            plans.append(plan)
+    for budget in settings["budgets"] if budgets is None else budgets:
+        for seed in settings["search_seeds"]:
+            for case, data, dev_data in per_case.values():
+                seed_folder = Path(folder) / case.name / f"b{budget}" / f"seed{seed}"
+                seed_folder.mkdir(parents=True, exist_ok=True)
+                plan = Plan(
+                    case=case.name, family=case.family, data=data, search=dict(case.search),
+                    validation_fraction=case.validation_fraction, gap=case.gap, seed=int(seed), budget=int(budget),
+                    settings=dict(settings), folder=str(seed_folder), study_file="",
+                )  # fmt: skip
+                study_file = write_study(seed_folder, study_sections(plan, dev_data))
+                plan = replace(plan, study_file=str(study_file))
+                plan.save()
+                plans.append(plan)
     return plans
-
-
 # --------------------------------------------------------------------------- inside the job processes
 
 
@@ -727,56 +788,64 @@ def search_tpe(plan: Plan, env: _Env) -> dict[str, Any]:
     return {"params": Hyperparams.from_params(best.params).as_dict(), "epochs": used, "trials": len(study.trials)}
 
 
-def search_peers(plan: Plan) -> dict[str, Any]:
-    """Keras Tuner Hyperband and RandomSearch, then Optuna TPE, one after another in this process."""
-    env = _setup(plan)
-    out = {}
-    for tool, search in (("kt_hyperband", search_hyperband), ("kt_random", search_random),
-                         ("optuna_tpe", search_tpe)):  # fmt: skip
+PEER_SEARCHES: dict[str, Callable[[Plan, _Env], dict[str, Any]]] = {
+    "kt_hyperband": search_hyperband,
+    "kt_random": search_random,
+    "optuna_tpe": search_tpe,
+}
+
+
+def search(plan: Plan, tool: str) -> dict[str, Any]:
+    """One tool's search of one plan, in this process; ``seconds`` is its own time."""
+    if tool in SWEEP_ROWS:
         start = time.perf_counter()
-        out[tool] = {**search(plan, env), "seconds": round(time.perf_counter() - start, 1)}
-    return out
+        return {**search_sweep(plan, tool), "seconds": round(time.perf_counter() - start, 1)}
+    env = _setup(plan)
+    start = time.perf_counter()
+    return {**PEER_SEARCHES[tool](plan, env), "seconds": round(time.perf_counter() - start, 1)}
 
 
-def search_sweep(plan: Plan) -> dict[str, Any]:
-    """``sweep run`` on the development part, resumed with more trials while a full trial still fits."""
+def sweep_url(plan: Plan, tool: str) -> str:
+    """The SQLite study of a sweep row in the plan's folder (one file per row)."""
+    return sqlite_url(Path(plan.folder) / f"{tool}.db")
+
+
+def search_sweep(plan: Plan, tool: str = "sweep") -> dict[str, Any]:
+    """``sweep run --budget B`` (with the row's ``--set`` overrides) on the development part, in a fresh study."""
     from sweep.report import rank
 
-    s = plan.settings
     budget = plan.budget
-    per_trial = s["max_epochs"] * s["repeats"]
-    url = sqlite_url(Path(plan.folder) / f"{STUDY}.db")
-    target = max(1, budget // per_trial)
-    used, runs = 0, 0
-    while runs < s["max_runs"]:
-        cmd = sweep_cmd("run", plan.study_file, "--storage", url, "--n-trials", str(target), "-q")
-        run_timed(cmd, env=bench_env(), timeout=3600)
-        runs += 1
-        used = sum(epochs_of(t) for t in finished_trials(url, STUDY))
-        more = (budget - used) // per_trial
-        if more < 1:
-            break
-        target += more
+    db = Path(plan.folder) / f"{tool}.db"
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a run stopped half-way left it: a cell's search starts afresh
+    url = sweep_url(plan, tool)
+    overrides = [arg for value in SWEEP_ROWS[tool] for arg in ("--set", value)]
+    cmd = sweep_cmd("run", plan.study_file, "--storage", url, "--budget", str(budget), *overrides, "-q")
+    source = sweep_source()
+    run_timed(cmd, env=bench_env(), timeout=3600)
+    used = sum(epochs_of(t) for t in finished_trials(url, STUDY))
     rows = rank(STUDY, url=url, include_all=True)
     complete = [r for r in rows if r.state == "COMPLETE"]
     if not complete:
-        raise BenchmarkError(f"sweep completed no trial within {budget} epochs")
+        raise BenchmarkError(f"sweep completed (verified) no trial within {budget} epochs")
     states: dict[str, int] = {}
     for r in rows:
         states[r.state] = states.get(r.state, 0) + 1
     pick = complete[0]
     return {
-        "params": dict(pick.params), "epochs": used, "trials": len(rows), "runs": runs,
+        "params": dict(pick.params), "epochs": used, "trials": len(rows), "runs": 1,
+        "stored_trials": len(finished_trials(url, STUDY)), "overrides": list(SWEEP_ROWS[tool]), "sweep_source": source,
         "states": states, "picked_trial": pick.number, "score": pick.score,
         "complete": [{"number": r.number, "score": r.score, "best": r.best, "tail_mean": r.tail_mean,
-                      "tail_std": r.tail_std, "diagnosis": r.diagnosis, "params": dict(r.params)} for r in complete],
+                      "tail_std": r.tail_std, "diagnosis": r.diagnosis, "n_repeats": r.n_repeats,
+                      "params": dict(r.params)} for r in complete],
         "all": [{"number": r.number, "state": r.state, "n_repeats": r.n_repeats, "stopped": r.stopped,
-                 "diagnosis": r.diagnosis} for r in rows],
+                 "diagnosis": r.diagnosis, "score": r.score} for r in rows],
     }  # fmt: skip
 
 
-def retrain(plan: Plan) -> dict[str, Any]:
-    """Each tool's pick with every fresh seed, and each complete sweep trial with the first few, on the test block.
+def retrain(plan: Plan, tool: str) -> dict[str, Any]:
+    """One tool's pick with every fresh seed and, for a sweep row, each complete trial with the first few.
 
     Training rows are the whole development part, validation rows the test
     block, scaled with the development rows' statistics; ``patience=0``.
@@ -802,26 +871,250 @@ def retrain(plan: Plan) -> dict[str, Any]:
             cache[key] = list(curves.val_loss)
         return cache[key]
 
-    picks = {**{tool: found["params"] for tool, found in plan.result("peers").items()},
-             "sweep": plan.result("sweep")["params"]}  # fmt: skip
-    tools: dict[str, Any] = {}
-    for tool in TOOLS:
-        curves = [test_curve(picks[tool], seed) for seed in seeds]
-        tools[tool] = {"tails": [tail_mean(c, tail=tail, epochs=epochs) for c in curves], "curves": curves}
-    trials = []
-    for trial in plan.result("sweep")["complete"]:
-        curves = [test_curve(trial["params"], seed) for seed in seeds[: s["spearman_seeds"]]]
-        tails = [tail_mean(c, tail=tail, epochs=epochs) for c in curves]
-        trials.append({"number": trial["number"], "score": trial["score"], "best": trial["best"],
-                       "tail_mean": trial.get("tail_mean"), "tail_std": trial.get("tail_std"), "tails": tails})
-    return {"seeds": seeds, "tools": tools, "trials": trials, "epochs": len(cache) * epochs, "fits": len(cache)}
+    found = plan.result(tool, "search")
+    curves = [test_curve(found["params"], seed) for seed in seeds]
+    out: dict[str, Any] = {"seeds": seeds, "tails": [tail_mean(c, tail=tail, epochs=epochs) for c in curves],
+                           "curves": curves}  # fmt: skip
+    if tool in SWEEP_ROWS:
+        trials = []
+        for trial in found["complete"]:
+            tails = [tail_mean(test_curve(trial["params"], seed), tail=tail, epochs=epochs)
+                     for seed in seeds[: s["spearman_seeds"]]]  # fmt: skip
+            trials.append({"number": trial["number"], "score": trial["score"], "best": trial["best"],
+                           "tail_mean": trial.get("tail_mean"), "tail_std": trial.get("tail_std"), "tails": tails})
+        out["trials"] = trials
+    return {**out, "epochs": len(cache) * epochs, "fits": len(cache)}
 
 
-JOBS: dict[str, Callable[[Plan], dict[str, Any]]] = {
-    "peers": search_peers,
-    "sweep": search_sweep,
+JOBS: dict[str, Callable[[Plan, str], dict[str, Any]]] = {
+    "search": search,
     "retrain": retrain,
 }
+
+
+# --------------------------------------------------------------------------- the cell store
+
+
+class CellKey(NamedTuple):
+    """One cell: a tool's search of one dataset with one search seed at one budget."""
+
+    budget: int
+    case: str
+    seed: int
+    tool: str
+
+    def __str__(self) -> str:
+        return f"b{self.budget}/{self.case}/seed{self.seed}/{self.tool}"
+
+
+def cell_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What of ``settings`` a cell's result depends on (:data:`CELL_SETTINGS`)."""
+    return {k: settings[k] for k in CELL_SETTINGS}
+
+
+def case_definition(name: str) -> dict[str, Any]:
+    """A case as stored with its cells (JSON-shaped: lists, not tuples)."""
+    case = next((c for c in CASES if c.name == name), None)
+    if case is None:
+        raise BenchmarkError(f"unknown case {name!r}; known: {', '.join(c.name for c in CASES)}")
+    return dict(json.loads(json.dumps(asdict(case))))
+
+
+def sweep_source() -> str:
+    """A digest of the ``sweep`` package's source: which code a measured sweep cell ran."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "sweep").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def measured_origin() -> dict[str, Any]:
+    """The origin of a cell computed now: the date, the versions, the machine, the sweep source."""
+    from benchmarks.harness import machine_info
+
+    info = machine_info()
+    return {"kind": "measured", "date": now_iso(), "versions": info["versions"], "cpu": info["machine"]["cpu"],
+            "sweep_source": sweep_source()}  # fmt: skip
+
+
+def make_cell(
+    key: CellKey,
+    settings: Mapping[str, Any],
+    *,
+    search: Mapping[str, Any],
+    retrained: Mapping[str, Any],
+    origin: Mapping[str, Any],
+    job_seconds: Mapping[str, float | None],
+) -> dict[str, Any]:
+    """A cell's record: the tool's search result, its pick's retrained test tails (and, for a sweep row,
+    each verified trial's), where it comes from, and what it depends on."""
+    return {
+        "key": {"budget": key.budget, "case": key.case, "seed": key.seed, "tool": key.tool},
+        "origin": dict(origin),
+        "settings": cell_settings(settings),
+        "case_definition": case_definition(key.case),
+        "split_seed": SPLIT_SEED,
+        "search": dict(search),
+        "retrain": dict(retrained),
+        "job_seconds": dict(job_seconds),
+    }
+
+
+class CellStore:
+    """One JSON file per cell under ``root/cells``: ``b{budget}/{case}/seed{seed}/{tool}.json``.
+
+    A file is written whole (to a temporary name, then renamed), so a run
+    stopped at any moment leaves each cell either complete or absent.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.cells_dir = self.root / "cells"
+
+    def path(self, key: CellKey) -> Path:
+        return self.cells_dir / f"b{key.budget}" / key.case / f"seed{key.seed}" / f"{key.tool}.json"
+
+    def write(self, cell: Mapping[str, Any]) -> Path:
+        k = cell["key"]
+        path = self.path(CellKey(k["budget"], k["case"], k["seed"], k["tool"]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(path.name + ".part")
+        part.write_text(json.dumps(_jsonable(cell), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        os.replace(part, path)
+        return path
+
+    def read(self, key: CellKey, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cell, or None when the store lacks it.
+
+        Raises:
+            BenchmarkError: the stored cell was made with other settings, another case or split
+                (a store holds one size of the benchmark: use another folder).
+        """
+        path = self.path(key)
+        if not path.exists():
+            return None
+        cell = _unjson(json.loads(path.read_text(encoding="utf-8")))
+        if cell.get("settings") != cell_settings(settings):
+            raise BenchmarkError(f"{path}: made with other settings ({cell.get('settings')}); this run's are "
+                                 f"{cell_settings(settings)}: use another store folder")  # fmt: skip
+        if cell.get("case_definition") != case_definition(key.case) or cell.get("split_seed") != SPLIT_SEED:
+            raise BenchmarkError(f"{path}: made for another definition or split of {key.case}: use another folder")
+        return dict(cell)
+
+    def keys(self) -> list[CellKey]:
+        """Every cell in the store."""
+        out = []
+        for path in sorted(self.cells_dir.glob("b*/*/seed*/*.json")):
+            budget, case, seed = path.parts[-4][1:], path.parts[-3], path.parts[-2][4:]
+            if budget.isdigit() and seed.isdigit():
+                out.append(CellKey(int(budget), case, int(seed), path.stem))
+        return out
+
+    def load(self, settings: Mapping[str, Any]) -> dict[CellKey, dict[str, Any]]:
+        """Every cell in the store of a known case and tool (each checked as :meth:`read` does)."""
+        names = {c.name for c in CASES}
+        out = {}
+        for key in self.keys():
+            if key.case in names and key.tool in TOOLS:
+                cell = self.read(key, settings)
+                if cell is not None:
+                    out[key] = cell
+        return out
+
+
+def wanted_cells(
+    settings: Mapping[str, Any], *, tools: Sequence[str], budgets: Sequence[int], cases: Sequence[Case] = CASES
+) -> list[CellKey]:
+    """The cells of a table, in the order they are computed: budget, then row, then search seed, then dataset."""
+    return [CellKey(b, c.name, s, t) for b in budgets for t in tools for s in settings["search_seeds"] for c in cases]
+
+
+def missing_cells(store: CellStore, keys: Iterable[CellKey], settings: Mapping[str, Any]) -> list[CellKey]:
+    """The cells of ``keys`` that the store lacks: what a ``--resume`` run computes."""
+    return [k for k in keys if store.read(k, settings) is None]
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (``"inf"``, ``"nan"``): a cell file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _unjson(value: Any) -> Any:
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _unjson(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unjson(v) for v in value]
+    return value
+
+
+def import_results(
+    path: Path,
+    store: CellStore,
+    settings: Mapping[str, Any],
+    *,
+    tools: Sequence[str] = PEERS,
+    budgets: Sequence[int] | None = None,
+) -> tuple[list[CellKey], list[str]]:
+    """Seed ``store`` with ``tools``' cells from the raw results of benchmark 7 in a ``results.json``.
+
+    Only a run made with the same cell settings, cases, split and fresh seeds
+    is read; a cell the store already holds is kept. Each imported cell's
+    origin names the file, the date the run started, its versions and processor.
+
+    Returns:
+        The cells imported, and why others were not (a failed job in that run).
+
+    Raises:
+        BenchmarkError: the file holds no benchmark 7, or one made differently.
+    """
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    entry = next((b for b in data.get("benchmarks", []) if b.get("name") == NAME), None)
+    if entry is None or not entry.get("raw", {}).get("runs"):
+        raise BenchmarkError(f"{path}: holds no raw results of {NAME}")
+    raw = entry["raw"]
+    old = raw.get("settings", {})
+    differ = [f"{k}: {old.get(k)!r} there, {settings[k]!r} here" for k in CELL_SETTINGS if old.get(k) != settings[k]]
+    if differ:
+        raise BenchmarkError(f"{path}: made with other settings ({'; '.join(differ)})")
+    if raw.get("split_seed") != SPLIT_SEED:
+        raise BenchmarkError(f"{path}: split seed {raw.get('split_seed')!r}, here {SPLIT_SEED}")
+    fresh = [FRESH_SEED + i for i in range(settings["fresh_seeds"])]
+    if raw.get("fresh_seeds") != fresh:
+        raise BenchmarkError(f"{path}: fresh seeds {raw.get('fresh_seeds')!r}, here {fresh}")
+    for case in raw.get("cases", []):
+        if case.get("name") in {c.name for c in CASES} and case != case_definition(case["name"]):
+            raise BenchmarkError(f"{path}: another definition of {case['name']} (data, space or split)")
+    origin = {"kind": "imported", "date": entry.get("date", ""), "from": str(path),
+              "versions": data.get("versions", {}), "cpu": raw.get("cpu")}  # fmt: skip
+    imported: list[CellKey] = []
+    skipped: list[str] = []
+    for run in raw["runs"]:
+        if budgets is not None and run["budget"] not in budgets:
+            continue
+        for tool in tools:
+            key = CellKey(run["budget"], run["case"], run["seed"], tool)
+            found = _unjson(run.get("tools", {}).get(tool) or {})
+            if "tails" not in found or "params" not in found:
+                skipped.append(f"{key}: {'; '.join(f'{w}: {e}' for w, e in run.get('errors', {}).items()) or 'absent'}")
+                continue
+            if store.read(key, settings) is not None:
+                continue
+            search_result = {k: found[k] for k in ("params", "epochs", "trials", "seconds") if k in found}
+            tails = [math.inf if x is None else float(x) for x in found["tails"]]  # results.json writes inf as null
+            retrained = {"seeds": fresh, "tails": tails, "curves": found.get("test_curves")}
+            store.write(make_cell(key, settings, search=search_result, retrained=retrained, origin=origin,
+                                  job_seconds={"search": found.get("seconds"), "retrain": None,
+                                               "shared_jobs": run.get("job_seconds")}))  # fmt: skip
+            imported.append(key)
+    return imported, skipped
 
 
 # --------------------------------------------------------------------------- running the jobs, two at a time
@@ -829,10 +1122,11 @@ JOBS: dict[str, Callable[[Plan], dict[str, Any]]] = {
 
 @dataclass
 class Job:
-    """One process: one stage of one plan."""
+    """One process: one stage (search or retrain) of one cell."""
 
     plan: Plan
-    what: str
+    tool: str
+    stage: str
     after: tuple[str, ...] = ()
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -841,32 +1135,49 @@ class Job:
     started: float = 0.0
 
     @property
+    def cell(self) -> CellKey:
+        return CellKey(self.plan.budget, self.plan.case, self.plan.seed, self.tool)
+
+    @property
     def key(self) -> str:
-        return f"{self.plan.case}/seed{self.plan.seed}/{self.what}"
+        return f"{self.cell}/{self.stage}"
 
     @property
     def out(self) -> Path:
-        return Path(self.plan.folder) / f"{self.what}.json"
+        return self.plan.out(self.tool, self.stage)
 
     @property
     def err(self) -> Path:
-        return Path(self.plan.folder) / f"{self.what}.stderr"
+        return Path(self.plan.folder) / f"{self.tool}.{self.stage}.stderr"
 
 
-def plan_jobs(plans: Sequence[Plan]) -> list[Job]:
-    """Every plan's jobs in start order: the peers' searches and sweep's, then the retraining of their picks."""
+def plan_jobs(plans: Sequence[Plan], tools: Sequence[str] = TOOLS, *, skip: Iterable[CellKey] = ()) -> list[Job]:
+    """Two jobs per cell (its search, then its retraining), budget by budget and row by row, less ``skip``."""
+    skipped = set(skip)
+    budgets = list(dict.fromkeys(p.budget for p in plans))
     jobs = []
-    for plan in plans:
-        first = f"{plan.case}/seed{plan.seed}/"
-        jobs += [Job(plan, "peers"), Job(plan, "sweep"), Job(plan, "retrain", after=(first + "peers", first + "sweep"))]
+    for budget in budgets:
+        for tool in tools:
+            for plan in (p for p in plans if p.budget == budget):
+                search_job = Job(plan, tool, "search")
+                if search_job.cell in skipped:
+                    continue
+                jobs += [search_job, Job(plan, tool, "retrain", after=(search_job.key,))]
     return jobs
 
 
-def run_jobs(jobs: Sequence[Job], *, slots: int, log: Callable[[str], None]) -> None:
+def run_jobs(
+    jobs: Sequence[Job],
+    *,
+    slots: int,
+    log: Callable[[str], None],
+    on_done: Callable[[Job], None] | None = None,
+) -> None:
     """Run ``jobs`` as separate processes, ``slots`` at a time, each once the jobs it waits for succeeded.
 
     A job whose process fails (or that waits for one that failed) keeps its
-    error and no result; the others still run.
+    error and no result; the others still run. ``on_done`` is called with each
+    job as it ends, failed ones included.
     """
     by_key = {job.key: job for job in jobs}
     pending = list(jobs)
@@ -874,11 +1185,13 @@ def run_jobs(jobs: Sequence[Job], *, slots: int, log: Callable[[str], None]) -> 
     try:
         while pending or running:
             for job in list(pending):
-                failed = [k for k in job.after if by_key[k].error is not None]
+                failed = [k for k in job.after if k in by_key and by_key[k].error is not None]
                 if failed:
                     job.error = f"not run: {failed[0]} failed"
                     pending.remove(job)
-                elif len(running) < slots and all(by_key[k].result is not None for k in job.after):
+                    if on_done is not None:
+                        on_done(job)
+                elif len(running) < slots and all(k in by_key and by_key[k].result is not None for k in job.after):
                     _start(job)
                     pending.remove(job)
                     running.append(job)
@@ -898,8 +1211,10 @@ def run_jobs(jobs: Sequence[Job], *, slots: int, log: Callable[[str], None]) -> 
                     lines = job.err.read_text(encoding="utf-8", errors="replace").strip().splitlines()
                     job.error = f"exited {job.proc.returncode}: {' | '.join(lines[-3:])}"
                     log(f"{NAME}: {job.key} failed: {job.error}")
+                if on_done is not None:
+                    on_done(job)
             if pending and not running and all(
-                any(by_key[k].result is None for k in job.after) for job in pending
+                any(k not in by_key or by_key[k].result is None for k in job.after) for job in pending
             ):  # nothing can start any more: a dependency is missing from the list
                 for job in pending:
                     job.error = "not run: a job it waits for is not planned"
@@ -923,14 +1238,25 @@ def _stop(job: Job) -> None:
 
 
 def _start(job: Job) -> None:
-    cmd = [sys.executable, "-m", "benchmarks.search_quality", job.what, str(Path(job.plan.folder) / "plan.json"),
-           "--result", str(job.out)]  # fmt: skip
+    job.out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.search_quality", "job", job.stage, job.tool,
+           str(Path(job.plan.folder) / "plan.json"), "--result", str(job.out)]  # fmt: skip
     with job.err.open("wb") as err:
         job.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=bench_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True,
         )  # fmt: skip
     job.started = time.perf_counter()
+
+
+def cell_of(
+    search_job: Job, retrain_job: Job, settings: Mapping[str, Any], origin: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The store's record of a cell whose two jobs succeeded."""
+    assert search_job.result is not None and retrain_job.result is not None
+    seconds = {"search": round(search_job.seconds, 1), "retrain": round(retrain_job.seconds, 1)}
+    return make_cell(search_job.cell, settings, search=search_job.result, retrained=retrain_job.result,
+                     origin={**origin, "date": now_iso()}, job_seconds=seconds)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the report
@@ -944,51 +1270,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values)
 
 
-def _finite_mean(values: Sequence[float]) -> float:
+def _finite_mean(values: Sequence[float | None]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return statistics.fmean(finite) if finite else math.nan
-
-
-def collect(plans: Sequence[Plan], jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    """One record per plan: its searches, retrained tails, Spearman inputs and any error."""
-    by_key = {job.key: job for job in jobs}
-    runs = []
-    for plan in plans:
-        prefix = f"{plan.case}/seed{plan.seed}/"
-        mine = {what: by_key[prefix + what] for what in STAGES}
-        record: dict[str, Any] = {
-            "case": plan.case, "seed": plan.seed,
-            "errors": {w: j.error for w, j in mine.items() if j.error is not None},
-            "job_seconds": {w: round(j.seconds, 1) for w, j in mine.items()},
-            "budget": plan.budget,
-            "tools": {}, "spearman": None,
-        }  # fmt: skip
-        retrained = mine["retrain"].result
-        found = {**(mine["peers"].result or {}), "sweep": mine["sweep"].result or {}}
-        for tool in TOOLS:
-            search = found.get(tool, {})
-            entry = {k: search.get(k) for k in ("params", "epochs", "trials", "seconds", "runs", "states",
-                                                "picked_trial", "score") if k in search}  # fmt: skip
-            if retrained is not None:
-                tails = retrained["tools"][tool]["tails"]
-                mean, std = _mean_std(tails)
-                curves = retrained["tools"][tool]["curves"]
-                entry.update({"tails": tails, "mean": mean, "std": std, "test_curves": curves})
-            record["tools"][tool] = entry
-        if retrained is not None:
-            trials = retrained["trials"]
-            tests = [_finite_mean(t["tails"]) if all(math.isfinite(v) for v in t["tails"]) else math.inf
-                     for t in trials]  # fmt: skip
-            scores = [t["score"] for t in trials]
-            bests = [t["best"] for t in trials]
-            record["spearman"] = {
-                "trials": [{**t, "test": x} for t, x in zip(trials, tests, strict=True)],
-                "score": spearman(scores, tests),
-                "best": spearman(bests, tests),
-            }
-            record["retrain_epochs"] = retrained["epochs"]
-        runs.append(record)
-    return runs
 
 
 def _count(n: int, noun: str) -> str:
@@ -1001,131 +1285,433 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def report(res: Result, runs: Sequence[dict[str, Any]], settings: Mapping[str, Any]) -> None:
-    """Rows per dataset and over all datasets, goals included, and one note per (dataset, seed)."""
-    cells = {(r["case"], r["seed"]): {t: (r["tools"][t]["mean"], r["tools"][t]["std"]) for t in TOOLS}
-             for r in runs if not r["errors"]}  # fmt: skip
-    fresh = settings["fresh_seeds"]
-    names = list(dict.fromkeys(r["case"] for r in runs))
-    for case in names:
-        mine = {k: v for k, v in cells.items() if k[0] == case}
-        summaries = summarize_tools(mine, TOOLS)
-        losses = "; ".join(
-            f"{SHORT[t]} {_fmt(summaries[t].mean_loss)} ± {_fmt(summaries[t].mean_spread)}" for t in TOOLS
-        )
-        res.add(
-            f"{case}: test loss, sweep / best other (relative to the best tool per seed)",
-            against_others(summaries, attribute="mean_relative") if mine else None,
-            goal=GOAL_LOSS,
-            note=f"{_count(len(mine), 'search seed')} x {_count(fresh, 'fresh seed')}; mean ± spread: {losses}",
-        )
-        res.add(
-            f"{case}: spread over fresh seeds, sweep / lowest other",
-            against_others(summaries, attribute="mean_relative_spread") if mine else None,
-            goal=GOAL_SPREAD,
-            note="mean rank: " + ", ".join(f"{SHORT[t]} {_fmt(summaries[t].mean_rank)}" for t in TOOLS),
-        )
-        studies = [r["spearman"] for r in runs if r["case"] == case and r["spearman"] is not None]
-        rho_score = _finite_mean([x["score"] for x in studies])
-        rho_best = _finite_mean([x["best"] for x in studies])
-        pooled = [t for x in studies for t in x["trials"]]
-        res.add(
-            f"{case}: Spearman(sweep score, test loss), mean over studies",
-            rho_score,
-            unit="",
-            goal=GOAL_SPEARMAN,
-            note=f"per study: {', '.join(_fmt(x['score']) for x in studies)}; "
-            f"{'/'.join(str(len(x['trials'])) for x in studies)} complete trials; pooled "
-            f"{_fmt(spearman([t['score'] for t in pooled], [t['test'] for t in pooled]))}",
-        )
-        res.add(
-            f"{case}: Spearman(score) - Spearman(best val loss)",
-            rho_score - rho_best if math.isfinite(rho_score) and math.isfinite(rho_best) else None,
-            unit="",
-            goal=GOAL_SPEARMAN_GAIN,
-            note=f"Spearman(best, test) {_fmt(rho_best)}; per study: {', '.join(_fmt(x['best']) for x in studies)}",
-        )
-    summaries = summarize_tools(cells, TOOLS)
-    for tool in TOOLS:
-        s = summaries[tool]
-        res.add(
-            f"all datasets: {LABELS[tool]}, test loss relative to the best tool",
-            s.mean_relative,
-            note=f"mean rank {_fmt(s.mean_rank)} of {len(TOOLS)}; mean test loss {_fmt(s.mean_loss)}, "
-            f"mean spread {_fmt(s.mean_spread)}; {s.cells} (dataset, seed) cells",
-        )
-    res.add("all datasets: test loss, sweep / best other (relative scale)",
-            against_others(summaries, attribute="mean_relative"), goal=GOAL_LOSS)  # fmt: skip
-    res.add("all datasets: spread, sweep / lowest other (relative scale)",
-            against_others(summaries, attribute="mean_relative_spread"), goal=GOAL_SPREAD)  # fmt: skip
-    for r in runs:
-        head = f"{r['case']} seed {r['seed']}"
-        if r["errors"]:
-            res.notes.append(f"{head}: left out: " + "; ".join(f"{w}: {e}" for w, e in r["errors"].items()))
-            continue
-        parts = []
+def _field(tool: str) -> tuple[str, ...]:
+    """The four tools ``tool`` is ranked among: :data:`FIELD`, or the peers and ``tool`` in sweep's place."""
+    return FIELD if tool in FIELD else (*PEERS, tool)
+
+
+def _origins(cells: Iterable[Mapping[str, Any]]) -> str:
+    """``"imported (run of 2026-11-30)"``, ``"measured 2026-12-06"``, or both, with counts when mixed."""
+    kinds: dict[str, int] = {}
+    for cell in cells:
+        o = cell.get("origin", {})
+        text = f"imported (run of {o.get('date', '')[:10]})" if o.get("kind") == "imported" else (
+            f"measured {o.get('date', '')[:10]}")  # fmt: skip
+        kinds[text] = kinds.get(text, 0) + 1
+    if len(kinds) <= 1:
+        return next(iter(kinds), "-")
+    return ", ".join(f"{n} {text}" for text, n in kinds.items())
+
+
+def _cell_name(cell: Any) -> str:
+    return "-" if cell is None else f"{cell[0]} seed {cell[1]}"
+
+
+def _test_of(trial: Mapping[str, Any]) -> float:
+    tails = trial["tails"]
+    return _finite_mean(tails) if tails and all(math.isfinite(v) for v in tails) else math.inf
+
+
+def summarize(
+    cells: Mapping[CellKey, Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    *,
+    budgets: Sequence[int],
+    cases: Sequence[Case] = CASES,
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data: per budget, each row's comparison, the sweep studies, the goals.
+
+    Only cells in the store count; a (dataset, seed) is compared only where
+    every tool of the comparison has its cell there.
+    """
+    seeds = list(settings["search_seeds"])
+    out: dict[str, Any] = {"budgets": {}, "across": [], "versions": {}}
+    for cell in cells.values():
+        o = cell.get("origin", {})
+        out["versions"][f"{o.get('kind')} {str(o.get('date', ''))[:10]}"] = dict(o.get("versions") or {})
+    for b in budgets:
+        here = {k: c for k, c in cells.items() if k.budget == b}
+        by_cell: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+        for k, c in here.items():
+            by_cell.setdefault((k.case, k.seed), {})[k.tool] = _mean_std(c["retrain"]["tails"])
+        rows: dict[str, Any] = {}
         for tool in TOOLS:
-            t = r["tools"][tool]
-            parts.append(f"{SHORT[tool]} {_fmt(t['mean'])} ± {_fmt(t['std'])} ({t['trials']} trials, {t['epochs']} ep)")
-        res.notes.append(f"{head}: budget {r['budget']} epochs; test loss " + "; ".join(parts))
+            mine = {k: c for k, c in here.items() if k.tool == tool}
+            s = summarize_tools(by_cell, _field(tool))[tool]
+            epochs = [float(c["search"]["epochs"]) for c in mine.values() if c["search"].get("epochs") is not None]
+            rows[tool] = {
+                "cells": len(mine), "expected": len(cases) * len(seeds),
+                "missing": [f"{c.name} seed {s_}" for s_ in seeds for c in cases
+                            if CellKey(b, c.name, s_, tool) not in here],
+                "compared": s.cells, "field": list(_field(tool)), "mean_relative": s.mean_relative,
+                "mean_rank": s.mean_rank, "worst_relative": s.worst_relative, "worst_cell": _cell_name(s.worst_cell),
+                "mean_loss": s.mean_loss, "mean_spread": s.mean_spread, "mean_relative_spread": s.mean_relative_spread,
+                "epochs_mean": statistics.fmean(epochs) if epochs else math.nan, "epochs_total": sum(epochs),
+                "origin": _origins(mine.values()),
+            }  # fmt: skip
+        per_dataset = {
+            c.name: {t: _finite_mean([by_cell[(c.name, s_)][t][0] for s_ in seeds
+                                      if t in by_cell.get((c.name, s_), {})]) for t in TOOLS}
+            for c in cases
+        }  # fmt: skip
+        studies: dict[str, Any] = {}
+        for row in SWEEP_ROWS:
+            for c in cases:
+                mine = [(k, here[k]) for k in (CellKey(b, c.name, s_, row) for s_ in seeds) if k in here]
+                per_study, pooled = [], []
+                for k, cell in mine:
+                    trials = [{**t, "test": _test_of(t)} for t in cell["retrain"].get("trials", [])]
+                    pooled += trials
+                    found = cell["search"]
+                    per_study.append({
+                        "seed": k.seed, "configurations": found.get("trials"), "verified": len(trials),
+                        "states": found.get("states"), "epochs": found.get("epochs"),
+                        "score": spearman([t["score"] for t in trials], [t["test"] for t in trials]),
+                        "best": spearman([t["best"] for t in trials], [t["test"] for t in trials]),
+                    })  # fmt: skip
+                studies[f"{row}/{c.name}"] = {
+                    "row": row, "case": c.name, "studies": per_study, "verified": len(pooled),
+                    "score": spearman([t["score"] for t in pooled], [t["test"] for t in pooled]),
+                    "best": spearman([t["best"] for t in pooled], [t["test"] for t in pooled]),
+                    "mean_score": _finite_mean([x["score"] for x in per_study]),
+                    "mean_best": _finite_mean([x["best"] for x in per_study]),
+                }  # fmt: skip
+        four = summarize_tools(by_cell, FIELD)
+        out["budgets"][str(b)] = {
+            "budget": b, "rows": rows, "per_dataset": per_dataset, "studies": studies,
+            "sweep_vs_best_other": against_others(four, attribute="mean_relative") if four["sweep"].cells else math.nan,
+            "same_budget": _pair(here, here, b, b),
+        }  # fmt: skip
+    for b1 in budgets:
+        for b2 in budgets:
+            if b1 < b2:
+                out["across"].append(_pair(cells, cells, b1, b2))
+    return out
 
 
-def run(ctx: Context) -> Result:
+def _pair(
+    cells_a: Mapping[CellKey, Mapping[str, Any]], cells_b: Mapping[CellKey, Mapping[str, Any]], b1: int, b2: int
+) -> dict[str, Any]:
+    """``sweep`` at ``b1`` against ``sweep_full`` at ``b2`` on the (dataset, seed) both have: epochs, test loss."""
+    pairs = []
+    for k, a in cells_a.items():
+        if k.budget == b1 and k.tool == "sweep":
+            full = cells_b.get(CellKey(b2, k.case, k.seed, "sweep_full"))
+            if full is not None:
+                pairs.append((a, full))
+    ep_a = sum(float(a["search"].get("epochs") or 0) for a, _ in pairs)
+    ep_b = sum(float(f["search"].get("epochs") or 0) for _, f in pairs)
+    losses = [ratio(_mean_std(a["retrain"]["tails"])[0], _mean_std(f["retrain"]["tails"])[0]) for a, f in pairs]
+    return {"sweep_budget": b1, "full_budget": b2, "cells": len(pairs), "epochs_sweep": ep_a, "epochs_full": ep_b,
+            "epochs_ratio": ratio(ep_a, ep_b) if pairs else math.nan,
+            "loss_ratio": _finite_mean(losses) if pairs else math.nan,
+            "wins": sum(1 for x in losses if x <= 1.0)}  # fmt: skip
+
+
+def report(res: Result, summary: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+    """The rows (goals included) and notes of the summary (:func:`summarize`)."""
+    for key, per in summary["budgets"].items():
+        head = f"B={key}"
+        rows = per["rows"]
+        for tool in TOOLS:
+            r = rows[tool]
+            vs = "the best of the four" if tool in FIELD else f"the best of the peers and {tool}"
+            note = (f"{r['cells']} of {r['expected']} cells ({r['origin']}); compared on {r['compared']}; "
+                    f"mean rank {_fmt(r['mean_rank'])} of 4; worst cell {_fmt(r['worst_relative'])} "
+                    f"({r['worst_cell']}); epochs used {_fmt(r['epochs_mean'])} per cell")  # fmt: skip
+            if r["missing"]:
+                note += f"; missing: {', '.join(r['missing'])}"
+            res.add(f"{head}: {LABELS[tool]}: test loss relative to {vs}, mean",
+                    r["mean_relative"] if r["compared"] else None, note=note)  # fmt: skip
+        s = rows["sweep"]
+        compared = s["compared"] > 0
+        res.add(f"{head}: sweep's mean relative test loss / the lowest other tool's",
+                per["sweep_vs_best_other"] if compared else None, goal=GOAL_LOSS,
+                note=f"on {_count(s['compared'], 'cell')}")  # fmt: skip
+        res.add(f"{head}: sweep's mean rank among the four", s["mean_rank"] if compared else None, unit="",
+                goal=GOAL_RANK)  # fmt: skip
+        res.add(f"{head}: sweep's worst cell, test loss / the best tool's", s["worst_relative"] if compared else None,
+                goal=GOAL_WORST, note=s["worst_cell"])  # fmt: skip
+        same = per["same_budget"]
+        res.add(f"{head}: test loss, sweep / sweep_full at the same budget (mean per cell)",
+                same["loss_ratio"] if same["cells"] else None,
+                note=f"on {_count(same['cells'], 'cell')}, sweep lower or equal on {same['wins']}; epochs "
+                     f"{_fmt(same['epochs_sweep'])} / {_fmt(same['epochs_full'])} "
+                     f"({_fmt(same['epochs_ratio'])}x)")  # fmt: skip
+        for st in per["studies"].values():
+            judged = st["verified"] >= MIN_VERIFIED
+            gain = st["score"] - st["best"] if math.isfinite(st["score"]) and math.isfinite(st["best"]) else None
+            per_study = ", ".join(f"{_fmt(x['score'])}/{_fmt(x['best'])}" for x in st["studies"])
+            res.add(
+                f"{head} {st['case']}: {st['row']}: Spearman(score, test) - Spearman(best val loss, test), "
+                "verified trials of its studies pooled",
+                gain if st["studies"] else None, unit="", goal=GOAL_SPEARMAN_GAIN if judged else None,
+                note=f"Spearman(score) {_fmt(st['score'])}, Spearman(best) {_fmt(st['best'])} over "
+                     f"{_count(st['verified'], 'verified trial')} "
+                     f"({'/'.join(str(x['verified']) for x in st['studies'])} per study; "
+                     f"per study score/best: {per_study or '-'})"
+                     + ("" if judged else f"; fewer than {MIN_VERIFIED}: not judged"),
+            )  # fmt: skip
+    for pair in summary["across"]:
+        head = f"sweep at B={pair['sweep_budget']} / sweep_full at B={pair['full_budget']}"
+        have = pair["cells"] > 0
+        missing = "" if have else "; not measured: no (dataset, seed) has both cells"
+        res.add(f"{head}: epochs used", pair["epochs_ratio"] if have else None, goal=GOAL_EPOCHS,
+                note=f"{_fmt(pair['epochs_sweep'])} / {_fmt(pair['epochs_full'])} on "
+                     f"{_count(pair['cells'], 'cell')}{missing}")  # fmt: skip
+        res.add(f"{head}: test loss (mean per cell)", pair["loss_ratio"] if have else None, goal=GOAL_EQUAL_LOSS,
+                note=f"sweep lower or equal on {pair['wins']} of {_count(pair['cells'], 'cell')}{missing}")  # fmt: skip
+    if differ := version_differences(summary.get("versions", {})):
+        res.notes.append(f"the cells ran with different versions: {differ}")
+    res.notes.append(
+        f"test loss: each pick retrained on the whole development part with {settings['fresh_seeds']} fresh seeds, "
+        f"mean of the last {settings['tail']} epochs of test-block loss. Spearman: every verified (complete) trial of "
+        f"each sweep study retrained with {_count(settings['spearman_seeds'], 'fresh seed')}, against its score and "
+        f"against its best validation loss; judged where a dataset's studies hold {MIN_VERIFIED} or more."
+    )
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """The tables of the summary in Markdown (what ``benchmarks/README.md`` section 7 shows); missing cells say so."""
+    lines: list[str] = []
+    for key, per in summary["budgets"].items():
+        rows = per["rows"]
+        if not any(r["cells"] for r in rows.values()):
+            lines += [f"**B = {key} epochs:** every cell is missing (none in the store).", ""]
+            continue
+        lines += [f"**B = {key} epochs.**", "",
+                  "| row | cells | test loss / best of the four, mean | mean rank (of 4) | worst cell | "
+                  "epochs used per cell | origin |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for tool in TOOLS:
+            r = rows[tool]
+            label = LABELS[tool] + ("" if tool in FIELD else " (ranked in sweep's place)")
+            if not r["compared"]:
+                values = ["missing" if not r["cells"] else "- (no cell with all four)"] + ["-"] * 2
+            else:
+                values = [_fmt(r["mean_relative"]), _fmt(r["mean_rank"]),
+                          f"{_fmt(r['worst_relative'])} ({r['worst_cell']})"]  # fmt: skip
+            lines.append(f"| {label} | {r['cells']}/{r['expected']} | {' | '.join(values)} | "
+                         f"{_fmt(r['epochs_mean'])} | {r['origin'] if r['cells'] else 'missing'} |")  # fmt: skip
+        partial = [f"{SHORT[t]}: {', '.join(rows[t]['missing'])}" for t in TOOLS
+                   if 0 < rows[t]["cells"] < rows[t]["expected"]]  # fmt: skip
+        if partial:
+            lines += ["", "Missing cells: " + "; ".join(partial) + "."]
+        shown = [t for t in TOOLS if rows[t]["cells"]]
+        lines += ["", "Mean test loss per dataset (over the seeds present):", "",
+                  "| dataset | " + " | ".join(SHORT[t] for t in shown) + " |",
+                  "|---" * (len(shown) + 1) + "|"]  # fmt: skip
+        for case, losses in per["per_dataset"].items():
+            lines.append(f"| {case} | " + " | ".join(_fmt(losses[t]) for t in shown) + " |")
+        studies = [st for st in per["studies"].values() if st["studies"]]
+        if studies:
+            lines += ["", "| dataset | row | configurations per study | verified per study | epochs per study | "
+                      "Spearman(score, test), pooled | Spearman(best, test), pooled | per study, score / best |",
+                      "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for st in studies:
+            xs = st["studies"]
+            few = f" ({st['verified']} trials: not judged)" if st["verified"] < MIN_VERIFIED else ""
+            lines.append(
+                f"| {st['case']} | {st['row']} | {'/'.join(str(x['configurations']) for x in xs)} | "
+                f"{'/'.join(str(x['verified']) for x in xs)} | {'/'.join(_fmt(x['epochs']) for x in xs)} | "
+                f"{_fmt(st['score'])} | {_fmt(st['best'])}{few} | "
+                f"{', '.join(_fmt(x['score']) + ' / ' + _fmt(x['best']) for x in xs)} |"
+            )
+        same = per["same_budget"]
+        if same["cells"]:
+            lines += ["", f"sweep / sweep_full at B = {key}: test loss {_fmt(same['loss_ratio'])}x (mean per cell "
+                      f"over {_count(same['cells'], 'cell')}; sweep lower or equal on {same['wins']}), epochs "
+                      f"{_fmt(same['epochs_ratio'])}x."]  # fmt: skip
+        lines.append("")
+    for pair in summary["across"]:
+        measured = (f"epochs {_fmt(pair['epochs_ratio'])}x, test loss {_fmt(pair['loss_ratio'])}x on "
+                    f"{_count(pair['cells'], 'cell')}.")  # fmt: skip
+        lines.append(f"sweep at B = {pair['sweep_budget']} / sweep_full at B = {pair['full_budget']}: "
+                     + (measured if pair["cells"] else "not measured (cells missing)."))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def version_differences(versions: Mapping[str, Mapping[str, Any]]) -> str:
+    """The packages whose versions differ between the cells' origins: ``optuna 5.0.0 (imported ...), 5.1.0 (...)``."""
+    names = sorted({k for vs in versions.values() for k in vs})
+    parts = []
+    for name in names:
+        seen = {origin: vs.get(name) for origin, vs in versions.items()}
+        if len(set(seen.values())) > 1:
+            parts.append(f"{name} " + ", ".join(f"{v} ({origin})" for origin, v in seen.items()))
+    return "; ".join(parts)
+
+
+def goal_lines(res: Result) -> list[str]:
+    """``measure: value (goal) met`` for each row with a goal."""
+    out = []
+    for row in res.rows:
+        if row.goal is not None:
+            verdict = {True: "yes", False: "NO", None: "-"}[row.met]
+            out.append(f"{row.measure}: {_fmt(row.value)} (goal {row.goal.describe()}): {verdict}")
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _words(text: str | None) -> list[str]:
+    return [w for w in (text or "").replace(",", " ").split() if w]
+
+
+def compute(
+    settings: Mapping[str, Any],
+    *,
+    store: CellStore,
+    work: Path,
+    tools: Sequence[str],
+    budgets: Sequence[int],
+    slots: int = SLOTS,
+    import_from: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Result:
+    """Seed the store (``import_from``), compute the cells of ``tools`` x ``budgets`` it lacks, and report every
+    cell of the size's budgets that it holds; each new cell is written to the store as soon as it is done."""
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        raise BenchmarkError(f"unknown rows {unknown}; allowed: {', '.join(TOOLS)}")
     res = Result(NAME, TITLE)
-    why = keras_tuner_available()
-    if why is not None:
-        res.notes.append(f"skipped: keras-tuner is {why}; install the bench extra: pip install -e '.[bench]'")
-        res.raw = {"skipped": why}
-        return res
-    settings = SIZES["quick" if ctx.quick else "full"]
-    folder = ctx.folder(NAME)
-    plans = make_plans(folder, settings)
-    jobs = plan_jobs(plans)
-    ctx.log(f"{NAME}: {_count(len(CASES), 'dataset')} x {_count(len(settings['search_seeds']), 'search seed')}, "
-            f"{len(jobs)} jobs, {SLOTS} at a time")  # fmt: skip
     started = time.perf_counter()
-    run_jobs(jobs, slots=SLOTS, log=ctx.log)
-    runs = collect(plans, jobs)
-    if all(r["errors"] for r in runs):
-        first = next(iter(runs[0]["errors"].values()))
-        raise BenchmarkError(f"every (dataset, seed) failed; the first: {first}")
-    report(res, runs, settings)
-    epochs = {
-        case.name: sum((r["tools"][t].get("epochs") or 0) for r in runs if r["case"] == case.name for t in TOOLS)
-        + sum(r.get("retrain_epochs", 0) for r in runs if r["case"] == case.name)
-        for case in CASES
-    }
-    seconds = {case.name: sum(sum(r["job_seconds"].values()) for r in runs if r["case"] == case.name) for case in CASES}
+    if import_from is not None:
+        imported, skipped = import_results(import_from, store, settings)
+        log(f"{NAME}: imported {_count(len(imported), 'cell')} from {import_from}")
+        res.notes += [f"not imported: {s}" for s in skipped]
+    todo = missing_cells(store, wanted_cells(settings, tools=tools, budgets=budgets), settings)
+    if any(k.tool in ("kt_hyperband", "kt_random") for k in todo) and (why := keras_tuner_available()) is not None:
+        res.notes.append(f"Keras Tuner cells not computed: keras-tuner is {why}; pip install -e '.[bench]'")
+        todo = [k for k in todo if k.tool not in ("kt_hyperband", "kt_random")]
+    log(f"{NAME}: {_count(len(todo), 'cell')} to compute ({store.root}), {slots} at a time")
+    errors: dict[str, str] = {}
+    if todo:
+        plans = make_plans(work, settings, budgets=sorted({k.budget for k in todo}))
+        wanted = set(todo)
+        others = [CellKey(p.budget, p.case, p.seed, t) for p in plans for t in TOOLS]
+        jobs = plan_jobs(plans, [t for t in TOOLS if any(k.tool == t for k in todo)],
+                         skip=[k for k in others if k not in wanted])  # fmt: skip
+        by_key = {job.key: job for job in jobs}
+        origin = measured_origin()
+
+        def on_done(job: Job) -> None:
+            if job.error is not None:
+                errors[str(job.cell)] = f"{job.stage}: {job.error}"
+            elif job.stage == "retrain":
+                search_job = by_key[job.after[0]]
+                path = store.write(cell_of(search_job, job, settings, origin))
+                log(f"{NAME}: {job.cell} written to {path}")
+
+        run_jobs(jobs, slots=slots, log=log, on_done=on_done)
+    cells = store.load(settings)
+    budgets_shown = sorted({*settings["budgets"], *budgets})
+    if not cells:
+        first = next(iter(errors.values()), "the store is empty")
+        raise BenchmarkError(f"no cell to report; {first}")
+    summary = summarize(cells, settings, budgets=budgets_shown)
+    report(res, summary, settings)
+    res.notes += [f"{cell}: not computed: {error}" for cell, error in errors.items()]
     res.raw = {
-        "settings": settings,
+        "settings": dict(settings),
         "cases": [asdict(c) for c in CASES],
         "split_seed": SPLIT_SEED,
         "fresh_seeds": [FRESH_SEED + i for i in range(settings["fresh_seeds"])],
-        "runs": runs,
-        "epochs_trained": epochs,
-        "job_seconds": seconds,
+        "store": str(store.root),
+        "computed": [str(k) for k in todo if str(k) not in errors],
+        "errors": errors,
+        "summary": summary,
+        "table": markdown(summary),
+        "cells": [{**cell, "retrain": {k: v for k, v in cell["retrain"].items() if k != "curves"}}
+                  for cell in cells.values()],
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    res.notes.append(
-        f"test loss: each pick retrained on the whole development part with {settings['fresh_seeds']} fresh seeds, "
-        f"mean of the last {settings['tail']} epochs of test-block loss; spread: population std over those seeds. "
-        f"Spearman: every complete sweep trial retrained with {_count(settings['spearman_seeds'], 'fresh seed')} "
-        "(to bound the cost), against its score and against its best validation loss."
-    )
+    return res
+
+
+def run(ctx: Context) -> Result:
+    """The suite's entry: ``BENCH_QUALITY_RESUME`` (a store folder), ``BENCH_QUALITY_IMPORT``,
+    ``BENCH_QUALITY_TOOLS`` and ``BENCH_QUALITY_BUDGETS`` stand for the options ``python -m benchmarks`` cannot pass."""
+    settings = SIZES["quick" if ctx.quick else "full"]
+    resume = os.environ.get(ENV_RESUME, "").strip()
+    root = Path(resume) if resume else ctx.folder(NAME)
+    budgets = [int(b) for b in _words(os.environ.get(ENV_BUDGETS))] or list(settings["budgets"])
+    tools = _words(os.environ.get(ENV_TOOLS)) or list(TOOLS)
+    source = os.environ.get(ENV_IMPORT, "").strip()
+    res = compute(settings, store=CellStore(root), work=root / "work", tools=tools, budgets=budgets,
+                  import_from=Path(source) if source else None, log=ctx.log)  # fmt: skip
     if ctx.quick:
         res.notes.append("quick run: tiny budgets and one search seed: a smoke test, not a verdict on search quality")
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_quality",
-                                     description="One job of benchmark 7 (the suite starts them).")  # fmt: skip
-    parser.add_argument("what", choices=list(JOBS))
-    parser.add_argument("plan", type=Path, help="the plan.json of one (dataset, search seed)")
+def job_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_quality job",
+                                     description="One job of benchmark 7 (the runner starts them).")  # fmt: skip
+    parser.add_argument("stage", choices=list(JOBS))
+    parser.add_argument("tool", choices=list(TOOLS))
+    parser.add_argument("plan", type=Path, help="the plan.json of one (budget, dataset, search seed)")
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args(argv)
-    out = JOBS[args.what](Plan.load(args.plan))
+    out = JOBS[args.stage](Plan.load(args.plan), args.tool)
     args.result.write_text(json.dumps(out), encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["job"]:
+        return job_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.search_quality",
+        description="Benchmark 7 cell by cell: compute the cells a store lacks, then report every cell it holds.",
+    )
+    parser.add_argument("--resume", type=Path, metavar="FOLDER",
+                        help="the store: its cells are not computed again (default: a new temporary one)")  # fmt: skip
+    parser.add_argument("--import", dest="import_from", type=Path, metavar="RESULTS_JSON",
+                        help="first seed the store with the peers' cells of benchmark 7 in this file")  # fmt: skip
+    parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS), metavar="ROW",
+                        help=f"rows to compute: {', '.join(TOOLS)} (default: all)")  # fmt: skip
+    parser.add_argument("--budgets", nargs="+", type=int, metavar="B", help="budgets to compute (default: the size's)")
+    parser.add_argument("--slots", type=int, default=SLOTS, help=f"jobs at once, one thread each ({SLOTS})")
+    parser.add_argument("--quick", action="store_true", help="the quick size (a store holds one size)")
+    parser.add_argument("--dry-run", action="store_true", help="import, then list the cells that would be computed")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    settings = SIZES["quick" if args.quick else "full"]
+    if args.resume is None:
+        import tempfile
+
+        args.resume = Path(tempfile.mkdtemp(prefix=f"{NAME}-"))
+    store = CellStore(args.resume)
+    budgets = args.budgets or list(settings["budgets"])
+    ctx = Context(quick=args.quick, workdir=args.resume, verbose=not args.quiet)
+    if args.dry_run:
+        if args.import_from is not None:
+            imported, _ = import_results(args.import_from, store, settings)
+            print(f"imported {_count(len(imported), 'cell')}")
+        todo = missing_cells(store, wanted_cells(settings, tools=args.tools, budgets=budgets), settings)
+        print(f"{_count(len(todo), 'cell')} to compute in {store.root}:")
+        for key in todo:
+            print(f"  {key}")
+        return 0
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # the runner's ``finally`` stops the jobs; finished cells stay in the store
+
+    signal.signal(signal.SIGTERM, interrupted)
+    start = time.perf_counter()
+    res = compute(settings, store=store, work=args.resume / "work", tools=args.tools, budgets=budgets,
+                  slots=args.slots, import_from=args.import_from, log=ctx.log)  # fmt: skip
+    res.seconds, res.date = time.perf_counter() - start, now_iso()
+    out = args.resume / "result.json"
+    out.write_text(json.dumps(res.as_dict(), indent=1) + "\n", encoding="utf-8")
+    sys.stdout.write(res.raw["table"] + "\n")
+    for line in goal_lines(res):
+        print(f"- {line}")
+    for note in res.notes:
+        print(f"- {note}")
+    print(f"{res.seconds:.0f} s; wrote {out}")
     return 0
 
 

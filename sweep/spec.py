@@ -432,15 +432,17 @@ class RacingSection(_Section):
 class AllocationSection(_Section):
     """How repeats are spent (:mod:`sweep.allocation`): which configurations get more than repeat 0.
 
-    ``intensify`` (default) races each new configuration against the incumbent on
-    the same repeats; ``single`` trains repeat 0 only; ``racing`` gives all
-    repeats to the best ``racing.keep`` of repeat-0 scores; ``full`` gives every
-    configuration every repeat. With ``study.budget``, the ``verify`` best
-    configurations get their missing repeats before the budget runs out.
+    ``auto`` (default) is ``single`` on a budget of fewer than 20 configurations'
+    worth of all repeats and ``racing`` otherwise (or without a budget);
+    ``single`` trains repeat 0 only; ``racing`` gives all repeats to the best
+    ``racing.keep`` of repeat-0 scores; ``intensify`` races each new configuration
+    against the incumbent on the same repeats; ``full`` gives every configuration
+    every repeat. With ``study.budget``, the ``verify`` best configurations get
+    their missing repeats before the budget runs out.
     """
 
-    policy: Literal["intensify", "single", "racing", "full"] = "intensify"
-    verify: int = Field(default=1, ge=0)
+    policy: Literal["auto", "single", "racing", "intensify", "full"] = "auto"
+    verify: int = Field(default=2, ge=0)
 
 
 class WorkerSection(_Section):

@@ -160,3 +160,15 @@ def test_bad_settings_are_refused() -> None:
         Plan(cost=0)
     with pytest.raises(ValueError, match="not among the observed"):
         go_on([], Plan(), 3, used=0)
+
+
+def test_auto_is_the_best_explorer_on_a_small_budget_and_races_on_a_large_one() -> None:
+    small = Plan(policy=Policy.AUTO, repeats=3, cost=10, budget=150)  # 5 configurations with every repeat
+    large = Plan(policy=Policy.AUTO, repeats=3, cost=10, budget=600)  # 20
+    assert small.resolved().policy is Policy.SINGLE and small.resolved().verify == 2
+    assert large.resolved().policy is Policy.RACING
+    assert Plan(policy=Policy.AUTO).resolved().policy is Policy.RACING  # no budget
+    assert Plan(policy=Policy.FULL, budget=1).resolved().policy is Policy.FULL
+    firsts = [Config(k, (s,)) for k, s in enumerate([0.2, 0.3, 0.4, 0.5])]
+    assert go_on([*firsts, Config(9, (0.1,))], small, 9, used=50).action is Action.STOP
+    assert go_on([*firsts, Config(9, (0.1,))], large, 9, used=50).action is Action.REPEAT

@@ -824,12 +824,12 @@ def test_bad_features_are_one_line(tmp_path: Path, features: str, message: str) 
     assert error == f"{path}: {message}"
 
 
-def test_a_budget_alone_says_when_to_stop_and_the_default_allocation_is_intensify() -> None:
+def test_a_budget_alone_says_when_to_stop_and_the_default_allocation_is_auto() -> None:
     raw = base_raw()
     raw["study"] = {"name": "b", "budget": 150}
     spec = spec_from_dict(raw)
     assert spec.study.budget == 150 and spec.study.n_trials is None
-    assert spec.allocation.policy == "intensify" and spec.allocation.verify == 1
+    assert spec.allocation.policy == "auto" and spec.allocation.verify == 2
     with pytest.raises(SpecError, match=r"study\.budget: got 0; allowed: greater than or equal to 1"):
         spec_from_dict(base_raw(study={"name": "b", "budget": 0}))
 
@@ -840,7 +840,7 @@ def test_a_budget_alone_says_when_to_stop_and_the_default_allocation_is_intensif
         ({"racing": {"enabled": False}}, "full"),
         ({"racing": {"keep": 0.5}}, "racing"),
         ({"racing": {"enabled": False}, "allocation": {"policy": "single"}}, "single"),
-        ({"allocation": {"verify": 2}}, "intensify"),
+        ({"allocation": {"verify": 2}}, "auto"),
     ],
 )
 def test_study_files_from_before_the_allocation_keep_their_meaning(sections: dict[str, Any], policy: str) -> None:
