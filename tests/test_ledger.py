@@ -108,18 +108,19 @@ def test_the_ranking_shows_a_configuration_once_with_its_most_repeats(tmp_path: 
 
 @pytest.mark.slow
 def test_a_real_sweep_spends_its_budget_to_within_one_training(tmp_path: Path) -> None:
-    """The default allocation on a small budget (20 epochs, 3 at most a repeat, 2 repeats): single runs, then the
-    best 2 verified."""
-    study = write_study(tmp_path, name="budget", n_trials=1, epochs=3, extra='\n[allocation]\npolicy = "auto"\n')
-    text = study.read_text().replace("n_trials = 1\n", "budget = 20\n")
-    study.write_text(text.replace("patience = 3", "patience = 10"))
+    """The default allocation on a small budget (14 epochs of a dense model, 2 a repeat, 2 repeats): one run per
+    configuration, then the best 2 verified."""
+    study = write_study(tmp_path, name="budget", n_trials=1, family="dense", epochs=2,
+                        extra='\n[allocation]\npolicy = "auto"\n')  # fmt: skip
+    text = study.read_text().replace("n_trials = 1\n", "budget = 14\n").replace("patience = 3", "patience = 10")
+    study.write_text(text.replace('source = "digits"', 'source = "breast_cancer"'))
     url = f"sqlite:///{tmp_path / 'b.db'}"
     result = run_cli("run", str(study), "--storage", url, "--quiet", timeout=600)
     assert result.returncode == 0, result.stderr
 
     trials = optuna.load_study(study_name="budget", storage=url).get_trials(deepcopy=False)
     used = sum(t.user_attrs[ledger.EPOCHS_TRAINED] for t in trials)
-    assert 20 - 3 < used <= 20
+    assert 14 - 2 < used <= 14
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     verified = [t for t in trials if t.state is TrialState.COMPLETE]
     assert len(verified) == 2 and all(t.user_attrs["n_repeats"] == 2 for t in verified)
