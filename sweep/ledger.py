@@ -15,7 +15,7 @@ trial's progress is in the storage too.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from sweep.spec import StudySpec
 
-__all__ = ["VERIFIES", "Ledger", "config_key", "observe", "plan_of", "superseded", "trial_key"]
+__all__ = ["VERIFIES", "Ledger", "config_key", "key_of", "observe", "plan_of", "superseded", "trained_of"]
 
 VERIFIES = "verifies"
 """User attr of a trial that trains more repeats of an earlier configuration: that configuration's key."""
@@ -55,8 +55,13 @@ def plan_of(spec: StudySpec) -> Plan:
 
 def config_key(trial: FrozenTrial) -> int:
     """The configuration a trial trains: its own number, or the one its ``verifies`` attr names."""
-    key = trial.user_attrs.get(VERIFIES)
-    return key if isinstance(key, int) and not isinstance(key, bool) else trial.number
+    return key_of(trial.number, trial.user_attrs)
+
+
+def key_of(number: int, attrs: Mapping[str, Any]) -> int:
+    """:func:`config_key` from a trial's number and user attrs (as ``sweep rank`` reads them with SQL)."""
+    key = attrs.get(VERIFIES)
+    return key if isinstance(key, int) and not isinstance(key, bool) else number
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def observe(trials: Iterable[FrozenTrial], *, spec: StudySpec, asking: int | Non
     """
     risk, cost = spec.stability.risk, float(spec.training.max_epochs)
     used = 0.0
-    best: dict[int, tuple[int, FrozenTrial]] = {}
+    best: dict[int, tuple[tuple[float, ...], FrozenTrial]] = {}
     busy: set[int] = set()
     closed: set[int] = set()
     for t in trials:
@@ -102,17 +107,12 @@ def observe(trials: Iterable[FrozenTrial], *, spec: StudySpec, asking: int | Non
         elif state == "PRUNED" and not t.user_attrs.get(records.RACED_OUT):
             closed.add(key)  # the pruner stopped its repeat 0: nothing to compare
             continue
-        scores = repeat_scores(t, risk=risk)
-        if key not in best or len(scores) > best[key][0]:
-            best[key] = (len(scores), t)
+        scores = tuple(repeat_scores(t, risk=risk))
+        if key not in best or len(scores) > len(best[key][0]):
+            best[key] = (scores, t)
     configs = tuple(
-        Config(
-            key=key,
-            scores=tuple(repeat_scores(t, risk=risk)),
-            busy=key in busy,
-            closed=key in closed,
-        )
-        for key, (_, t) in sorted(best.items())
+        Config(key=key, scores=scores, busy=key in busy, closed=key in closed)
+        for key, (scores, _) in sorted(best.items())
     )
     return Ledger(configs=configs, used=used, records={k: t for k, (_, t) in best.items()})
 
@@ -131,18 +131,6 @@ def superseded(trials: Iterable[tuple[int, str, int, int]]) -> set[int]:
     return {number for number, _, key, _ in finished if holder[key][1] != number}
 
 
-def trial_key(trial: FrozenTrial) -> tuple[int, str, int, int]:
-    """A trial as :func:`superseded` reads it."""
-    return trial.number, trial.state.name, config_key(trial), n_repeats(trial)
-
-
-def n_repeats(trial: FrozenTrial) -> int:
-    n = trial.user_attrs.get("n_repeats")
-    if isinstance(n, int):
-        return n
-    return len(repeat_scores(trial, risk=0.0))
-
-
 def repeat_scores(trial: FrozenTrial, *, risk: float) -> list[float]:
     """The trial's per-repeat scores: as written after each repeat, else from its stored repeat means and stds."""
     stored = records.trial_attr(trial, REPEAT_SCORES)
@@ -156,10 +144,13 @@ def repeat_scores(trial: FrozenTrial, *, risk: float) -> list[float]:
 
 def epochs_trained(trial: FrozenTrial) -> int:
     """Epochs the trial trained itself (older trials: every repeat's epochs)."""
-    n = trial.user_attrs.get(EPOCHS_TRAINED)
-    if isinstance(n, int):
-        return n
-    epochs = records.trial_attr(trial, "epochs")
+    return trained_of(trial.user_attrs.get(EPOCHS_TRAINED), records.trial_attr(trial, "epochs"))
+
+
+def trained_of(trained: Any, epochs: Any) -> int:
+    """:func:`epochs_trained` from the stored ``epochs_trained`` and per-repeat ``epochs`` attrs."""
+    if isinstance(trained, int):
+        return trained
     return sum(e for e in epochs if isinstance(e, int)) if isinstance(epochs, list) else 0
 
 

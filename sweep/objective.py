@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sweep import ledger, records
-from sweep.allocation import Action, Config, Decision
+from sweep.allocation import Action, Config, Decision, go_on
 from sweep.errors import Interrupted, TrialFailed
 from sweep.outage import retry
 from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
@@ -199,20 +199,22 @@ class Objective:
 
     def go_on(self, trial: optuna.Trial, curves: list[Curves], copied: int) -> Decision:
         """Write this trial's progress, then ask the allocation whether it trains its next repeat."""
-        from sweep.allocation import go_on
+        progress = self.progress(curves, copied)
+        records.set_attrs(trial, progress)
+        seen = ledger.observe(trial.study.get_trials(deepcopy=False), spec=self.spec, asking=trial.number)
+        key = ledger.key_of(trial.number, trial.user_attrs)
+        scores = tuple(math.inf if x is None else x for x in progress[ledger.REPEAT_SCORES])
+        configs = [c for c in seen.configs if c.key != key] + [Config(key=key, scores=scores, busy=True)]
+        return go_on(configs, ledger.plan_of(self.spec), key, used=seen.used)
 
-        spec = self.spec
-        trained = sum(c.epochs for c in curves[copied:])
-        scores = [repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk) for c in curves]
-        records.set_attrs(
-            trial,
-            {ledger.REPEAT_SCORES: [records.finite_or_none(x) for x in scores], ledger.EPOCHS_TRAINED: trained},
-        )
-        seen = ledger.observe(trial.study.get_trials(deepcopy=False), spec=spec, asking=trial.number)
-        key = trial.user_attrs.get(ledger.VERIFIES, trial.number)
-        mine = Config(key=key, scores=tuple(scores), busy=True)
-        configs = [c for c in seen.configs if c.key != key] + [mine]
-        return go_on(configs, ledger.plan_of(spec), key, used=seen.used)
+    def progress(self, curves: tuple[Curves, ...] | list[Curves], copied: int) -> dict[str, Any]:
+        """The attrs the allocation reads: each repeat's score, and the epochs this trial trained itself."""
+        tail, risk = self.spec.stability.tail, self.spec.stability.risk
+        scores = [repeat_score(c.val_loss, tail=tail, risk=risk) for c in curves]
+        return {
+            ledger.REPEAT_SCORES: [records.finite_or_none(x) for x in scores],
+            ledger.EPOCHS_TRAINED: sum(c.epochs for c in curves[copied:]),
+        }
 
     def record(
         self, trial: optuna.Trial, outcome: TrialOutcome, *, copied: int = 0
@@ -228,11 +230,7 @@ class Objective:
         attrs: dict[str, Any] = {records.CURVES: curves_attr(curves), **records.summary_attrs(summary)}
         attrs[records.STOPPED] = outcome.stopped or f"all {len(self.prepared)} repeats ran"
         spec = self.spec
-        attrs[ledger.REPEAT_SCORES] = [
-            records.finite_or_none(repeat_score(c.val_loss, tail=spec.stability.tail, risk=spec.stability.risk))
-            for c in curves
-        ]
-        attrs[ledger.EPOCHS_TRAINED] = sum(c.epochs for c in curves[copied:])
+        attrs.update(self.progress(curves, copied))
         if copied:
             attrs[ledger.FIRST_REPEAT] = copied
         if outcome.raced_out:

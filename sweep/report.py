@@ -150,18 +150,9 @@ def study_status(study_name: str, *, url: str) -> StudyStatus:
         counts=counts,
         done=done,
         best=ranked[0] if ranked else None,
-        epochs=sum(_epochs(r) for r in rows),
+        epochs=sum(ledger.trained_of(r.attrs.get(ledger.EPOCHS_TRAINED), r.attrs.get("epochs")) for r in rows),
         budget=_budget(study),
     )
-
-
-def _epochs(row: TrialRow) -> int:
-    """Epochs a trial trained itself (:func:`sweep.ledger.epochs_trained`, from a row)."""
-    trained = row.attrs.get(ledger.EPOCHS_TRAINED)
-    if isinstance(trained, int):
-        return trained
-    epochs = row.attrs.get("epochs")
-    return sum(e for e in epochs if isinstance(e, int)) if isinstance(epochs, list) else 0
 
 
 def _budget(study: _Study) -> int | None:
@@ -220,15 +211,11 @@ def rank(
 def _latest(rows: list[TrialRow]) -> list[TrialRow]:
     """``rows`` less the trials whose configuration a later trial verified (:func:`sweep.ledger.superseded`)."""
 
-    def key(r: TrialRow) -> int:
-        k = r.attrs.get(ledger.VERIFIES)
-        return k if isinstance(k, int) and not isinstance(k, bool) else r.number
-
     def n(r: TrialRow) -> int:
         v = r.attrs.get("n_repeats")
         return v if isinstance(v, int) else 0
 
-    gone = ledger.superseded((r.number, r.state, key(r), n(r)) for r in rows)
+    gone = ledger.superseded((r.number, r.state, ledger.key_of(r.number, r.attrs), n(r)) for r in rows)
     return [r for r in rows if r.number not in gone]
 
 
