@@ -38,12 +38,18 @@ TOP_IN_NOTE = 10
 
 @contextmanager
 def guarded(what: str) -> Iterator[None]:
-    """Log a failed dashboard write and carry on: the dashboard never fails a trial."""
+    """Log a failed dashboard write and carry on: the dashboard never fails a trial.
+
+    A write refused because the trial was taken over by another worker is not a
+    dashboard failure: it goes on up (:mod:`sweep.liveness`).
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+
     from sweep.errors import Interrupted
 
     try:
         yield
-    except Interrupted:
+    except (Interrupted, UpdateFinishedTrialError):
         raise
     except Exception as exc:  # a broken store or figure must not cost the trial
         log.warning("dashboard: could not write %s: %s: %s", what, type(exc).__name__, exc)

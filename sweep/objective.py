@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sweep import ledger, records
 from sweep.allocation import Action, Config, Decision, go_on
 from sweep.errors import Interrupted, TrialFailed
+from sweep.liveness import TakenOver
 from sweep.outage import retry
 from sweep.stability import HINTS, Diagnosis, repeat_score, split_reference, summarize
 from sweep.train import Curves, Stop, TrialOutcome
@@ -52,6 +53,7 @@ class Objective:
         *,
         before_trial: Callable[[optuna.Trial], None] | None = None,
         interrupt: Callable[[], int | None] = lambda: None,
+        abandoned: Callable[[], bool] = lambda: False,
         on_recorded: Callable[[optuna.Trial, TrialOutcome], float] | None = None,
     ) -> None:
         """Prepare the R splits of ``dataset`` once, for every trial this objective runs.
@@ -61,6 +63,8 @@ class Objective:
                 its parameters are drawn; it may raise to end the trial.
             interrupt: the signal number once the process was asked to stop, else None; training
                 polls it before every batch.
+            abandoned: whether the running trial was found taken over by another worker
+                (:mod:`sweep.liveness`); training polls it too, and the trial ends at once.
             on_recorded: called once a trial's results are stored (the dashboard's note and
                 figure); returns the seconds it took, recorded as ``dashboard_seconds``.
         """
@@ -70,6 +74,7 @@ class Objective:
         self.spec = spec
         self.before_trial = before_trial
         self.interrupt = interrupt
+        self.abandoned = abandoned
         self.on_recorded = on_recorded
         self.shape = model_shape(dataset)
         splits = make_splits(
@@ -82,6 +87,8 @@ class Objective:
         self.baselines: tuple[float, ...] = tuple(baseline_loss(p) for p in self.prepared)
         self.last: tuple[int, str, float | tuple[float, float] | None] | None = None
         """(trial number, final state name, value) of the last trial this objective ended."""
+        self.current: int | None = None
+        """The number of the trial this objective runs or ran last."""
 
     def db(self, action: Callable[[], T], what: str) -> T:
         """``action()`` on the storage, retried while the storage is unreachable (``worker.outage_timeout``)."""
@@ -90,6 +97,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         from sweep.space import suggest
 
+        self.current = trial.number
         before = self.before_trial
         if before is not None:
             self.db(lambda: before(trial), f"starting trial {trial.number}")
@@ -164,10 +172,12 @@ class Objective:
                 clipnorm=spec.training.clipnorm,
                 steps_per_execution=spec.training.steps_per_execution,
                 on_epoch=hook,
-                should_stop=lambda: self.interrupt() is not None,
+                should_stop=lambda: self.interrupt() is not None or self.abandoned(),
             )
             release()
             if c.stop is Stop.INTERRUPTED:
+                if self.interrupt() is None and trial is not None and self.abandoned():
+                    raise TakenOver(trial.number)
                 raise Interrupted(self.interrupt() or signal.SIGTERM)
             curves.append(c)
             if c.stop is Stop.DIVERGED:

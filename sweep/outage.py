@@ -31,7 +31,8 @@ class OutageTimeout(Exception):
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or anything in its chain of causes) says the database cannot be reached.
 
-    A refused write (a constraint, bad data) is no outage: retrying it would not help.
+    A refused write (a constraint, bad data) is no outage: retrying it would not help. Through
+    the gRPC proxy, a proxy that does not answer (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``) is one.
     """
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -42,9 +43,25 @@ def is_outage(exc: BaseException) -> bool:
             return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
+        if _grpc_unreachable(seen):
+            return True
         seen = seen.__cause__ or seen.__context__
         hops += 1
     return False
+
+
+_GRPC_OUTAGES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
+
+
+def _grpc_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a gRPC error saying the storage proxy cannot be reached (grpc is not imported)."""
+    code = getattr(exc, "code", None)
+    if not callable(code) or not type(exc).__module__.startswith("grpc"):
+        return False
+    try:
+        return getattr(code(), "name", "") in _GRPC_OUTAGES
+    except Exception:
+        return False
 
 
 def gave_up(exc: BaseException) -> OutageTimeout | None:

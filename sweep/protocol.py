@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CONNECTED", "ENV_URL", "MARKERS", "RECYCLE_SOON", "WorkerExit", "go_line", "parse_go"]
+__all__ = ["CONNECTED", "ENV_URL", "MARKERS", "RECYCLE_SOON", "WorkerExit", "go_line", "notice", "parse_go"]
 
 ENV_URL = "SWEEP_WORKER_STORAGE"
 """The environment variable that carries the storage URL to a worker."""
@@ -59,3 +59,12 @@ def parse_go(line: str) -> tuple[bool, int | None]:
     if not words or words[0] != "go":
         return False, None
     return True, int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+
+
+_NOTICES = ("was taken over by another worker", "no beat from its worker")
+
+
+def notice(line: str) -> bool:
+    """Whether a worker's line is shown even by ``--quiet``: errors, the storage's comings and goings,
+    and trials taken from a worker that was cut off (:mod:`sweep.liveness`)."""
+    return line.startswith(("error", "storage")) or any(n in line for n in _NOTICES)

@@ -157,6 +157,8 @@ def open_storage(
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    from sweep.liveness import retry_callback
+
     if optuna.logging.get_verbosity() < optuna.logging.WARNING:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines
     if url.startswith("grpc://"):
@@ -194,11 +196,7 @@ def open_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = (
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
-                if heartbeat_interval and max_retries > 0
-                else None
-            )
+            callback = retry_callback(max_retries) if heartbeat_interval and max_retries > 0 else None
             storage: optuna.storages.RDBStorage = _heartbeat_tolerant_storage()(
                 url,
                 engine_kwargs=engine_kwargs,

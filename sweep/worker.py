@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sweep import ledger, records
 from sweep.allocation import Action, Decision
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
+from sweep.liveness import Liveness, TakenOver, taken_over
 from sweep.outage import OutageTimeout, gave_up, is_outage, retry
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
 from sweep.records import FailReason
@@ -137,6 +138,8 @@ def run_worker(
     seed = None if base_seed is None else sampler_seed(base_seed, existing=existing, slot=slot)
     study.sampler = make_sampler(spec, seed=seed)
     study.pruner = make_pruner(spec)
+    w = spec.worker
+    alive = Liveness(study, interval_s=w.heartbeat_interval, grace_s=w.grace_period, max_retries=w.max_retries)
 
     me = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -174,7 +177,12 @@ def run_worker(
         else None
     )
     objective = Objective(
-        spec, dataset, before_trial=before_trial, interrupt=lambda: signals.signum, on_recorded=notes
+        spec,
+        dataset,
+        before_trial=before_trial,
+        interrupt=lambda: signals.signum,
+        abandoned=alive.lost,
+        on_recorded=notes,
     )
     # What exists now (modules, data) lives as long as the process: keep it out of every later
     # collection, which Keras runs after each repeat (clear_session); with TensorFlow, Optuna and
@@ -186,7 +194,7 @@ def run_worker(
     warned = False
     done_here = 0
     next_refresh = 0.0
-    while _has_room(study, target=target, deadline=deadline, signals=signals):
+    while _has_room(study, target=target, deadline=deadline, signals=signals, alive=alive):
         step = objective.db(lambda: allocate(study, spec), "allocating the next trial")
         if step.action is Action.STOP:
             log.info("%s", step.reason)
@@ -195,21 +203,24 @@ def run_worker(
             time.sleep(POLL_S)
             continue
         finished: list[optuna.trial.FrozenTrial] = []
-        objective.last = None
+        objective.last = objective.current = None
+        if alive.own_beats:  # where Optuna judges heartbeats, it reaps before every trial itself
+            objective.db(alive.reap, "looking for stale trials")
         try:
             study.optimize(
-                _guarded(objective, signals),
+                _guarded(objective, signals, alive),
                 n_trials=1,
                 catch=(TrialFailed,),
                 callbacks=[functools.partial(_collect, finished), _log_trial],
                 gc_after_trial=False,
             )
-        except Exception as exc:  # Optuna's own step (ask, tell) met an outage: wait, then finish the trial
-            if not is_outage(exc):
+        except Exception as exc:
+            if is_outage(exc):  # Optuna's own step (ask, tell) met an outage: wait, then finish the trial
+                if (timed_out := gave_up(exc)) is not None:
+                    raise StorageError(str(timed_out)) from None
+                finished += _settle(study, objective.last, timeout_s=spec.worker.outage_timeout)
+            elif not _discarded(study, objective, exc):
                 raise
-            if (timed_out := gave_up(exc)) is not None:
-                raise StorageError(str(timed_out)) from None
-            finished += _settle(study, objective.last, timeout_s=spec.worker.outage_timeout)
         if spec.dashboard.notes and finished and time.monotonic() >= next_refresh:
             # The ranking note costs more as the study grows: refresh it at most twice a minute
             # and at most 1% of the time (it is refreshed once more when the worker ends).
@@ -232,7 +243,7 @@ def run_worker(
             print(RECYCLE_SOON, flush=True)
             warned = True
         if done_here >= spec.worker.max_trials or memory.over():
-            if not _has_room(study, target=target, deadline=deadline, signals=signals, wait=False):
+            if not _has_room(study, target=target, deadline=deadline, signals=signals, alive=alive, wait=False):
                 break  # nothing left to do: no point in a fresh process
             log.info(
                 "recycling worker after %d trials (RSS %.0f MB, %+.0f MB)", done_here, memory.ends[-1], memory.growth
@@ -338,8 +349,11 @@ def _settle(
         return []
     number, state, value = last
     trial = next((t for t in trials if t.number == number), None)
-    if trial is None or trial.state.is_finished():
-        return [trial] if trial is not None else []
+    if trial is None:
+        return []
+    if trial.state.is_finished():  # not by this worker, whose result was never told: taken over meanwhile
+        log.warning("%s", taken_over(study, number))
+        return []
     told = retry(
         lambda: study.tell(number, value, state=optuna.trial.TrialState[state], skip_if_finished=True)
         if state == "COMPLETE"
@@ -383,14 +397,42 @@ def _failure_note(trial: optuna.Trial, reason: str) -> None:
     write_failure_note(trial, reason)
 
 
-def _guarded(objective: Any, signals: _Signals) -> Any:
-    """Make the objective interruptible, and record the reason of an unexpected error on the trial."""
+def _discarded(study: optuna.Study, objective: Any, exc: Exception) -> bool:
+    """Whether ``exc`` out of Optuna's step came from a trial taken over by another worker; if so, say so.
+
+    Judged by cause, from the storage: the trial this worker was running is
+    finished, and this worker did not finish it (Optuna then raises
+    ``UpdateFinishedTrialError`` or ``ValueError: Cannot tell a FAIL trial``).
+    A sweep error (an interruption, say) is never one: this worker ended that trial itself.
+    """
+    number = objective.current
+    if number is None or (isinstance(exc, SweepError) and not isinstance(exc, TakenOver)):
+        return False
+    line = objective.db(lambda: taken_over(study, number), f"reading trial {number}")
+    if line is None:
+        return False
+    log.warning("%s", line)
+    return True
+
+
+def _guarded(objective: Any, signals: _Signals, alive: Liveness) -> Any:
+    """Make the objective interruptible and beating, and record the reason of an unexpected error on the trial.
+
+    A write refused because the trial is finished means another worker took it
+    over: nothing more is written to it (:class:`TakenOver`).
+    """
     import optuna
 
     def run(trial: optuna.Trial) -> Any:
+        with alive.beating(trial):
+            return guarded(trial)
+
+    def guarded(trial: optuna.Trial) -> Any:
         try:
             signals.check()
             return objective(trial)
+        except (TakenOver, optuna.exceptions.UpdateFinishedTrialError):
+            raise TakenOver(trial.number) from None
         except Interrupted:
             records.set_attrs(trial, {records.FAIL_REASON: FailReason.INTERRUPTED.reason()})
             _failure_note(trial, "Interrupted (SIGINT/SIGTERM) while training; its configuration is "
@@ -419,11 +461,18 @@ def _guarded(objective: Any, signals: _Signals) -> Any:
 
 
 def _has_room(
-    study: optuna.Study, *, target: int | None, deadline: float | None, signals: _Signals, wait: bool = True
+    study: optuna.Study,
+    *,
+    target: int | None,
+    deadline: float | None,
+    signals: _Signals,
+    alive: Liveness,
+    wait: bool = True,
 ) -> bool:
-    """Wait until a trial may start; False once the target or the deadline is reached."""
-    from optuna.storages import fail_stale_trials
+    """Wait until a trial may start; False once the target or the deadline is reached.
 
+    While it waits for the running trials, it fails those whose workers are gone (:meth:`Liveness.reap`).
+    """
     while True:
         signals.check()
         if deadline is not None and time.time() >= deadline:
@@ -435,7 +484,7 @@ def _has_room(
             return False
         if counted.done + counted.running < target or not wait:
             return True
-        fail_stale_trials(study)
+        alive.reap()
         time.sleep(POLL_S)
 
 

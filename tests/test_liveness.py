@@ -1,0 +1,171 @@
+"""One rule for a dead worker on every storage, and a worker that comes back after its trial was taken.
+
+Training is not the point here: the "workers" are Optuna trials driven by hand on the real storages.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep import records
+from sweep.liveness import BEAT, Liveness, TakenOver, taken_over
+from sweep.storage import open_storage
+from sweep.worker import _guarded, _Signals
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+
+
+def _study(url: str, *, grace: int = 1) -> optuna.Study:
+    storage = open_storage(url, heartbeat_interval=1, grace_period=grace, max_retries=2)
+    return optuna.create_study(study_name="alive", storage=storage, load_if_exists=True)
+
+
+def _running(study: optuna.Study, **user_attrs: object) -> optuna.Trial:
+    """A trial started by a worker, with a parameter drawn and its worker recorded."""
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    for key, value in {"worker": "host-a:1", **user_attrs}.items():
+        trial.set_user_attr(key, value)
+    trial.storage.set_trial_system_attr(trial._trial_id, "sweep:repeat_scores", [0.5])
+    return trial
+
+
+def _reaped_on_optuna_beats(study: optuna.Study, trial: optuna.Trial, grace: int = 1) -> list[int]:
+    """Beat once for ``trial`` as its worker would, fall silent past the grace period, and let another worker look."""
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(grace + 1.2)
+    other = Liveness(study, interval_s=1, grace_s=grace, max_retries=2)
+    assert not other.own_beats  # a relational storage: Optuna's heartbeats decide
+    return other.reap()
+
+
+def test_a_silent_worker_s_trial_is_failed_and_its_configuration_requeued_once(storage_url: str) -> None:
+    study = _study(storage_url)
+    trial = _running(study, verifies=3)
+    assert _reaped_on_optuna_beats(study, trial) == [trial.number]
+    trials = study.get_trials()
+    assert trials[trial.number].state is TrialState.FAIL
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert retry.state is TrialState.WAITING and retry.params == trials[trial.number].params
+    # The retry is the configuration, not the records of the worker that went silent.
+    assert retry.user_attrs == {"verifies": 3}
+    assert not [k for k in retry.system_attrs if k.startswith("sweep:")]
+    # A second look fails nothing more and queues nothing more.
+    assert Liveness(study, interval_s=1, grace_s=2, max_retries=2).reap() == []
+    assert len(study.get_trials()) == len(trials)
+
+
+def test_a_worker_that_comes_back_finds_its_trial_taken_and_writes_nothing_to_it(storage_url: str) -> None:
+    study = _study(storage_url)
+    zombie = _running(study)
+    _reaped_on_optuna_beats(study, zombie)
+    retry_number = max(t.number for t in study.get_trials())
+
+    # The worker wakes up: its beat finds the trial finished, and training stops at the next batch.
+    mine = Liveness(study, interval_s=1, grace_s=2, max_retries=2)
+    with mine.beating(zombie):
+        pass
+    assert mine.lost()
+
+    # Whatever it still tries to write ends the trial as taken over, and nothing reaches the storage.
+    def objective(trial: optuna.Trial) -> float:
+        records.set_attrs(trial, {"score": 0.1, "curves": {"val_loss": [[0.1]]}})
+        return 0.1
+
+    with pytest.raises(TakenOver):
+        _guarded(objective, _Signals(), mine)(zombie)
+    stored = study.get_trials()[zombie.number]
+    assert stored.state is TrialState.FAIL and "score" not in stored.user_attrs
+    assert "sweep:curves" not in stored.system_attrs
+    # Optuna's own step refuses the result too; the worker names the trial and its retry in one line.
+    with pytest.raises(ValueError, match="Cannot tell a FAIL trial"):
+        study.tell(zombie, 0.1)
+    line = taken_over(study, zombie.number)
+    assert line == (
+        f"trial {zombie.number} was taken over by another worker while this one was cut off; "
+        f"its result is discarded (its configuration re-runs as trial {retry_number})"
+    )
+
+
+def test_a_live_trial_is_not_taken_over(storage_url: str) -> None:
+    study = _study(storage_url, grace=3)
+    trial = _running(study)
+    assert taken_over(study, trial.number) is None
+    mine = Liveness(study, interval_s=1, grace_s=3, max_retries=2)
+    with mine.beating(trial):
+        time.sleep(1.5)  # a beat from the thread, too
+    assert not mine.lost()
+    assert study.get_trials()[trial.number].state is TrialState.RUNNING
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_own_beats_judged_by_the_observer_s_own_clock(tmp_path: Path) -> None:
+    """Where Optuna has no heartbeats (the gRPC proxy): a beat counter that stops moving for the grace period."""
+    study = _study(f"sqlite:///{tmp_path / 'beats.db'}")
+    clock = _Clock()
+    observer = Liveness(study, interval_s=1, grace_s=10, max_retries=1, clock=clock)
+    observer.own_beats = True  # judge sweep's own beats on this storage, as on the proxy
+    silent = _running(study)  # a worker that died before its first beat: no beat at all
+    beating = _running(study)
+    study._storage.set_trial_system_attr(beating._trial_id, BEAT, 0)
+
+    assert observer.reap() == []  # first sight starts this observer's clock
+    clock.now += 9.0
+    study._storage.set_trial_system_attr(beating._trial_id, BEAT, 1)
+    assert observer.reap() == []  # 9 s < grace
+    clock.now += 2.0
+    assert observer.reap() == [silent.number]  # 11 s without a beat; the other beat 2 s ago
+    clock.now += 7.5
+    assert observer.reap() == []  # its counter moved 9.5 s ago
+    clock.now += 1.0
+    assert observer.reap() == [beating.number]  # and has not moved since: 10.5 s
+    trials = study.get_trials()
+    retries = sorted(t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs)
+    assert retries == [silent.number, beating.number]
+    assert {t.state for t in trials} == {TrialState.FAIL, TrialState.WAITING}
+
+
+def test_own_beats_are_written_by_a_thread_and_a_second_observer_agrees(tmp_path: Path) -> None:
+    study = _study(f"sqlite:///{tmp_path / 'thread.db'}")
+    trial = _running(study)
+    mine = Liveness(study, interval_s=1, grace_s=3, max_retries=1)
+    mine.own_beats = True
+    clock = _Clock()
+    observer = Liveness(study, interval_s=1, grace_s=3, max_retries=1, clock=clock)
+    observer.own_beats = True
+    with mine.beating(trial):
+        observer.reap()
+        for _ in range(3):
+            time.sleep(1.3)
+            clock.now += 1.3
+            assert observer.reap() == []  # the counter moves every second
+    before = study.get_trials()[trial.number].system_attrs[BEAT]
+    assert before >= 2
+    clock.now += 4.0
+    assert observer.reap() == [trial.number]  # the block ended: no more beats
+
+
+def test_an_interrupted_trial_is_not_mistaken_for_a_taken_one(tmp_path: Path) -> None:
+    study = _study(f"sqlite:///{tmp_path / 'int.db'}")
+    trial = _running(study)
+    signals = _Signals(signum=signal.SIGTERM)
+    mine = Liveness(study, interval_s=1, grace_s=2, max_retries=1)
+    from sweep.errors import Interrupted
+
+    with pytest.raises(Interrupted):
+        _guarded(lambda t: 0.0, signals, mine)(trial)
+    assert records.trial_attr(study.get_trials()[trial.number], records.FAIL_REASON) == "interrupted"
+    assert not mine.lost()
