@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.markup import escape
 
 from sweep import __version__
 from sweep.errors import Interrupted, SweepError, UserError
+
+if TYPE_CHECKING:
+    from sweep.spec import StudySpec
 
 app = typer.Typer(
     name="sweep",
@@ -62,10 +65,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except Interrupted as exc:
-        err.print(
-            f"[yellow]{escape(str(exc))}[/]: the running trial was marked FAIL (interrupted); "
-            "run the same command again to resume"
-        )
+        if exc.while_ is not None:  # no trial was running
+            err.print(f"[yellow]{escape(str(exc))}[/]")
+        else:
+            err.print(
+                f"[yellow]{escape(str(exc))}[/]: the running trial was marked FAIL (interrupted); "
+                "run the same command again to resume"
+            )
         raise typer.Exit(exc.exit_code) from None
     except SweepError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
@@ -127,59 +133,145 @@ def _parse_workers(value: str | None) -> int | None:
     raise UserError(f"--workers: got {value!r}; allowed: an integer >= 1 or 'auto' (one per core)")
 
 
+StudyFileArg = Annotated[
+    Path, typer.Argument(metavar="STUDY_FILE", help="The study file (TOML).", show_default=False)
+]
+NTrialsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-trials",
+        min=1,
+        metavar="N",
+        help="The study's total number of trials (a resumed study runs only the rest).",
+    ),
+]
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--budget",
+        min=1,
+        metavar="EPOCHS",
+        help="Epochs to train in all, every repeat of every trial (a resumed study trains only the rest).",
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a study-file field, the value read as TOML (strings in quotes); repeatable.",
+    ),
+]
+AllowSpecChangeOpt = Annotated[
+    bool,
+    typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed."),
+]
+
+
+def _study_file(
+    study_file: Path,
+    *,
+    storage: str | None,
+    set_: list[str] | None,
+    n_trials: int | None,
+    timeout: str | None,
+    budget: int | None,
+) -> tuple[StudySpec, str]:
+    """The spec of STUDY_FILE with the command's options applied, and the storage URL to use."""
+    from sweep.spec import load_spec
+    from sweep.storage import resolve_url
+
+    updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout, "study.budget": budget}
+    if storage is not None:
+        updates["study.storage"] = storage
+    spec = load_spec(study_file, overrides=set_ or (), updates=updates)
+    return spec, resolve_url(storage, spec.study.storage)
+
+
+def _create(spec: StudySpec, url: str, *, allow_spec_change: bool) -> None:
+    """Create the study or check it against the file (``sweep create``, ``sweep run --create-only``): one line."""
+    from sweep.runner import create_study
+
+    made = create_study(spec=spec, storage=url, allow_spec_change=allow_spec_change)
+    name = made.study_name
+    if made.created:
+        target = f"target {made.target} trials" if made.target is not None else "no trial target"
+        line = f"study {name} created on {made.storage} ({target}); start workers with: sweep worker {name}"
+    else:
+        line = f"study {name} exists on {made.storage} ({made.done} of {made.target or '-'} done); "
+        if made.spec_changes:
+            line += f"spec change accepted and recorded: {'; '.join(made.spec_changes)}"
+        else:
+            line += "spec unchanged"
+        if made.requeued:
+            line += f"; {len(made.requeued)} interrupted trial(s) queued again"
+    out.print(line, markup=False)
+
+
+@app.command()
+def create(
+    study_file: StudyFileArg,
+    storage: FileStorageOpt = None,
+    set_: SetOpt = None,
+    n_trials: NTrialsOpt = None,
+    budget: BudgetOpt = None,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            help="The study's time limit, stored with it: seconds, or 90m, 2h, 1d. Workers of a study "
+            "without a trial count stop starting trials this long after they join.",
+        ),
+    ] = None,
+    allow_spec_change: AllowSpecChangeOpt = False,
+) -> None:
+    """Create a study from STUDY_FILE without training, or check an existing one against it.
+
+    Records the spec, the data fingerprint and the target; workers then join with
+    'sweep worker STUDY' (with --wait, they may start first). A study that exists is
+    checked and resumed as 'sweep run' does (a changed file is refused, exit 2).
+    """
+    with _errors():
+        spec, url = _study_file(
+            study_file, storage=storage, set_=set_, n_trials=n_trials, timeout=timeout, budget=budget
+        )
+        _create(spec, url, allow_spec_change=allow_spec_change)
+
+
 @app.command()
 def run(
-    study_file: Annotated[
-        Path, typer.Argument(metavar="STUDY_FILE", help="The study file (TOML).", show_default=False)
-    ],
-    n_trials: Annotated[
-        int | None,
-        typer.Option(
-            "--n-trials",
-            min=1,
-            metavar="N",
-            help="The study's total number of trials (a resumed study runs only the rest).",
-        ),
-    ] = None,
-    budget: Annotated[
-        int | None,
-        typer.Option(
-            "--budget",
-            min=1,
-            metavar="EPOCHS",
-            help="Epochs to train in all, every repeat of every trial (a resumed study trains only the rest).",
-        ),
-    ] = None,
+    study_file: StudyFileArg,
+    n_trials: NTrialsOpt = None,
+    budget: BudgetOpt = None,
     timeout: TimeoutOpt = None,
     storage: FileStorageOpt = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="SECTION.KEY=VALUE",
-            help="Override a study-file field, the value read as TOML (strings in quotes); repeatable.",
-        ),
-    ] = None,
+    set_: SetOpt = None,
     workers: WorkersOpt = None,
     gpus: GpusOpt = None,
-    allow_spec_change: Annotated[
+    allow_spec_change: AllowSpecChangeOpt = False,
+    create_only: Annotated[
         bool,
-        typer.Option("--allow-spec-change", help="Resume even if the search space, model, data or training changed."),
+        typer.Option("--create-only", help="Create (or check) the study and exit without training: 'sweep create'."),
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Create a study from STUDY_FILE, or resume it, and run it to its target."""
     with _errors():
         from sweep.runner import run_sweep
-        from sweep.spec import load_spec
-        from sweep.storage import resolve_url
 
-        updates: dict[str, Any] = {"study.n_trials": n_trials, "study.timeout": timeout, "study.budget": budget}
-        if storage is not None:
-            updates["study.storage"] = storage
-        spec = load_spec(study_file, overrides=set_ or (), updates=updates)
+        spec, url = _study_file(
+            study_file, storage=storage, set_=set_, n_trials=n_trials, timeout=timeout, budget=budget
+        )
+        if create_only:
+            for option, value in (("--workers", workers), ("--gpus", gpus)):
+                if value is not None:
+                    raise UserError(
+                        f"{option}: got {value!r}; --create-only starts no workers, so it takes no {option}"
+                    )
+            _create(spec, url, allow_spec_change=allow_spec_change)
+            return
         n_workers = _parse_workers(workers)
-        url = resolve_url(storage, spec.study.storage)
         with _progress_bar(spec.study.n_trials, quiet=quiet) as (on_progress, on_output):
             result = run_sweep(
                 spec=spec,
@@ -211,21 +303,34 @@ def worker(
     timeout: TimeoutOpt = None,
     workers: WorkersOpt = None,
     gpus: GpusOpt = None,
+    wait: Annotated[
+        str | None,
+        typer.Option(
+            "--wait",
+            metavar="DURATION",
+            help="If the study is not there yet (not created, or the storage does not answer), wait for it "
+            "this long: seconds, or 90s, 10m, 2h.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Join an existing study from any machine; the spec is read from the storage."""
     with _errors():
         from sweep.runner import join_sweep, plan_join
-        from sweep.spec import parse_duration
         from sweep.storage import resolve_url
 
-        try:
-            seconds = parse_duration(timeout)
-        except ValueError as exc:
-            raise UserError(f"--timeout: {exc}") from None
+        seconds = _duration("--timeout", timeout)
+        wait_s = _duration("--wait", wait)
         n_workers = _parse_workers(workers)
         join = plan_join(
-            study_name, resolve_url(storage), n_trials=n_trials, timeout_s=seconds, workers=n_workers, gpus=gpus
+            study_name,
+            resolve_url(storage),
+            n_trials=n_trials,
+            timeout_s=seconds,
+            workers=n_workers,
+            gpus=gpus,
+            wait_s=wait_s,
+            on_wait=lambda line: err.print(line, markup=False),
         )
         with _progress_bar(join.target, quiet=quiet) as (on_progress, on_output):
             join_sweep(join, on_progress=on_progress, on_output=on_output)
@@ -630,6 +735,15 @@ def proxy(
             optuna.logging.set_verbosity(logging_level)
 
 
+def _duration(option: str, value: str | None) -> float | None:
+    from sweep.spec import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
+
+
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise UserError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
@@ -652,9 +766,11 @@ def _progress_bar(target: int | None, *, quiet: bool) -> Iterator[tuple[Any, Any
     The bar appears with the first progress report, so an error found while
     checking the input is printed alone.
     """
-    if quiet:  # errors and the storage's comings and goings still print, one line each
+    if quiet:  # errors, the storage's comings and goings, trials taken over still print, one line each
+        from sweep.protocol import notice
+
         def quiet_line(slot: int, line: str) -> None:
-            if line.startswith(("error", "storage")):
+            if notice(line):
                 err.print(line, markup=False)
 
         yield None, quiet_line

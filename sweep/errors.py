@@ -51,11 +51,17 @@ class TrialFailed(SweepError):
 
 
 class Interrupted(SweepError):
-    """The sweep was stopped by a signal. Exit code 128 + the signal number."""
+    """The sweep was stopped by a signal. Exit code 128 + the signal number.
 
-    def __init__(self, signum: int) -> None:
+    ``while_`` says what was stopped when no trial was running (waiting for a
+    study, for example): nothing was written, so there is nothing to resume.
+    """
+
+    def __init__(self, signum: int, *, while_: str | None = None) -> None:
         import signal
 
         self.signum = signum
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.while_ = while_
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}" + (f" while {while_}" if while_ else ""))

@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sweep import ledger, records
 from sweep.devices import assign, discover, parse_gpus, worker_env
-from sweep.errors import FatalError, Interrupted, SpecDriftError, StorageError, SweepError, UserError
+from sweep.errors import (
+    FatalError,
+    Interrupted,
+    SpecDriftError,
+    StorageError,
+    SweepError,
+    UserError,
+)
 from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, spec_from_dict
@@ -41,8 +48,10 @@ from sweep.storage import (
     storage_options,
 )
 from sweep.supervisor import Connected, Exited, Kind, Policy, State, decide
+from sweep.waiting import interruptible, wait_for_study
 
 if TYPE_CHECKING:
+
     import optuna
 
 log = logging.getLogger("sweep.runner")
@@ -116,6 +125,18 @@ def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> lis
     return out
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A study created, or checked and resumed, by :func:`prepare_study`."""
+
+    study: optuna.Study
+    created: bool
+    spec_changes: tuple[str, ...] = ()
+    """What differs from the stored spec (accepted with ``allow_spec_change``)."""
+    requeued: tuple[int, ...] = ()
+    """Interrupted trials whose configurations were queued again."""
+
+
 def prepare_study(
     spec: StudySpec, *, url: str, allow_spec_change: bool = False
 ) -> tuple[optuna.Study, bool]:
@@ -129,6 +150,12 @@ def prepare_study(
         SpecDriftError: the study exists with a different spec (and
             ``allow_spec_change`` is False).
     """
+    prepared = _prepare(spec, url=url, allow_spec_change=allow_spec_change)
+    return prepared.study, prepared.created
+
+
+def _prepare(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
+    """:func:`prepare_study`, saying also what changed and what was queued again."""
     import optuna
 
     from sweep.data import describe, fingerprint
@@ -164,8 +191,8 @@ def prepare_study(
             study.set_user_attr(records.FINGERPRINT, fp)
         study.set_user_attr(records.SPEC, new)
         study.set_user_attr(records.TARGET, spec.study.n_trials)
-        requeue_interrupted(study, enqueue=not changed)
-        return study, False
+        requeued = requeue_interrupted(study, enqueue=not changed)
+        return Prepared(study, created=False, spec_changes=tuple(changed), requeued=() if changed else tuple(requeued))
 
     directions: list[Literal["minimize", "maximize"]] = (
         ["minimize", "minimize"] if spec.study.objective == "pareto" else ["minimize"]
@@ -175,7 +202,7 @@ def prepare_study(
     except optuna.exceptions.DuplicatedStudyError:
         # Another process created it a moment ago (several workers started at once).
         _wait_for_spec(name, storage)
-        return prepare_study(spec, url=url, allow_spec_change=allow_spec_change)
+        return _prepare(spec, url=url, allow_spec_change=allow_spec_change)
     study.set_user_attr(records.FINGERPRINT, fp)
     study.set_user_attr(records.DATA, describe(dataset))
     study.set_user_attr(records.TARGET, spec.study.n_trials)
@@ -186,7 +213,23 @@ def prepare_study(
             ["tail_mean", "tail_std"] if spec.study.objective == "pareto" else ["stability_score"]
         )
     study.set_user_attr(records.SPEC, new)  # last: its presence marks a complete creation
-    return study, True
+    return Prepared(study, created=True)
+
+
+def _prepare_through_outage(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
+    """:func:`_prepare`, retried while the storage is unreachable, for up to ``worker.outage_timeout``.
+
+    Raises:
+        StorageError: the storage stayed unreachable that long.
+    """
+    try:
+        return retry(
+            lambda: _prepare(spec, url=url, allow_spec_change=allow_spec_change),
+            timeout_s=spec.worker.outage_timeout,
+            what="preparing the study",
+        )
+    except OutageTimeout as exc:
+        raise StorageError(str(exc)) from None
 
 
 def _wait_for_spec(name: str, storage: Any, timeout: float = 15.0) -> dict[str, Any] | None:
@@ -308,14 +351,8 @@ def run_sweep(
 
     def prepare() -> bool:
         # Runs while the workers import TensorFlow: the two costs overlap.
-        try:
-            study, created = retry(
-                lambda: prepare_study(spec, url=url, allow_spec_change=allow_spec_change),
-                timeout_s=spec.worker.outage_timeout,
-                what="preparing the study",
-            )
-        except OutageTimeout as exc:
-            raise StorageError(str(exc)) from None
+        made = _prepare_through_outage(spec, url=url, allow_spec_change=allow_spec_change)
+        study, created = made.study, made.created
         prepared.append(study)
         done = records.tally(study.get_trials(deepcopy=False)).done
         if on_start is not None:
@@ -339,6 +376,55 @@ def run_sweep(
         hide_gpus=devices.hide_gpus,
     )
     return summarize_study(prepared[0], url=url)
+
+
+@dataclass(frozen=True)
+class Creation:
+    """What :func:`create_study` found or made: the study, its target and how far it is."""
+
+    study_name: str
+    storage: str  # masked
+    created: bool
+    target: int | None
+    done: int
+    spec_changes: tuple[str, ...] = ()
+    """Differences from the stored spec, accepted with ``allow_spec_change`` (and recorded on the study)."""
+    requeued: tuple[int, ...] = ()
+    """Interrupted trials whose configurations were queued again for the next worker."""
+
+
+def create_study(
+    *, spec: StudySpec, storage: str | None = None, allow_spec_change: bool = False
+) -> Creation:
+    """Create ``spec``'s study, or check an existing one against it, as :func:`run_sweep` does; train nothing.
+
+    The study gets its spec, data fingerprint and target (``spec.study.n_trials``), and
+    workers join it with :func:`plan_join` (``sweep worker``). An existing study is resumed
+    exactly as by :func:`run_sweep`: its target becomes ``spec.study.n_trials``, and the
+    configurations of its interrupted trials are queued again, once, for the next worker
+    to take. The storage is waited for through an outage for up to ``worker.outage_timeout``.
+    Imports no TensorFlow. SIGINT/SIGTERM (in the main thread) raise :class:`Interrupted`.
+
+    Raises:
+        DataError, SpecError: bad data or a family that cannot read it; nothing is written.
+        SpecDriftError: the study exists with a different spec (and ``allow_spec_change`` is False).
+        StorageError: the storage stayed unreachable for ``worker.outage_timeout``.
+        Interrupted: SIGINT or SIGTERM.
+    """
+    url = resolve_url(storage, spec.study.storage)
+    spec = spec.with_artifacts(default_artifacts(url))
+    with interruptible(f"creating study {spec.study.name!r}"):
+        made = _prepare_through_outage(spec, url=url, allow_spec_change=allow_spec_change)
+        done = records.tally(made.study.get_trials(deepcopy=False)).done
+    return Creation(
+        study_name=spec.study.name,
+        storage=mask(url),
+        created=made.created,
+        target=spec.study.n_trials,
+        done=done,
+        spec_changes=made.spec_changes,
+        requeued=made.requeued,
+    )
 
 
 def summarize_study(study: optuna.Study, *, url: str) -> SweepResult:
@@ -379,17 +465,24 @@ def plan_join(
     timeout_s: float | None = None,
     workers: int | None = None,
     gpus: str | None = None,
+    wait_s: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Join:
     """Read an existing study's spec from the storage, and plan workers that join it.
 
     ``n_trials`` is the study's total (default: the target stored by ``sweep run``);
     ``timeout_s`` stops starting trials after that long (default: the study's own time
-    limit when it has no trial count); ``gpus`` and ``workers`` as for :func:`run_sweep`.
+    limit when it has no trial count), counted from when the study is found; ``gpus`` and
+    ``workers`` as for :func:`run_sweep`. With ``wait_s``, a study that is not there yet
+    is waited for (:func:`wait_for_study`, which hands ``on_wait`` its lines).
 
     Raises:
-        StudyNotFoundError: no such study.
+        StudyNotFoundError: no such study (after ``wait_s``, if given).
         UserError: the study was not created by ``sweep run``, or a GPU that does not exist.
+        Interrupted: SIGINT or SIGTERM while waiting.
     """
+    if wait_s is not None:
+        wait_for_study(study_name, url, wait_s=wait_s, on_wait=on_wait)
     study, spec = open_sweep(study_name, url)
     devices = _devices_of(spec, gpus=gpus, workers=workers)
     target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)

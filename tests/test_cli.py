@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from sweep import records
 from sweep.stability import repeat_score
-from tests.helpers import ROOT, run_cli, wait_for, write_study
+from tests.helpers import ROOT, cheap_study, run_cli, wait_for, write_study
 
 EIGHT = {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size", "dropout", "l2"}
-COMMANDS = ["run", "worker", "status", "rank", "best", "copy", "proxy", "dashboard"]
+COMMANDS = ["create", "run", "worker", "status", "rank", "best", "copy", "proxy", "dashboard"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -277,3 +278,121 @@ def test_the_eta_counts_from_this_runs_pace() -> None:
     assert eta_seconds(done=0, elapsed=30.0, remaining=10) is None  # nothing to judge the pace by yet
     assert eta_seconds(done=4, elapsed=40.0, remaining=6) == pytest.approx(60.0)
     assert eta_seconds(done=3, elapsed=30.0, remaining=0) == 0.0
+
+
+def _stored(url: str, name: str) -> tuple[dict, list[str]]:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=url)
+    return study.user_attrs, [t.state.name for t in study.get_trials()]
+
+
+@pytest.mark.parametrize("command", [["create"], ["run", "--create-only"]], ids=["create", "run-create-only"])
+def test_create_records_the_study_without_training_and_refuses_drift(tmp_path: Path, command: list[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    study = cheap_study(tmp_path)
+    made = run_cli(*command, str(study), "--storage", url)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == f"study cheap created on {url} (target 4 trials); start workers with: sweep worker cheap\n"
+    attrs, states = _stored(url, "cheap")
+    assert states == [] and attrs[records.TARGET] == 4 and attrs[records.SPEC]["study"]["name"] == "cheap"
+
+    again = run_cli(*command, str(study), "--storage", url, "--n-trials", "6")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"study cheap exists on {url} (0 of 6 done); spec unchanged\n"
+    attrs, states = _stored(url, "cheap")
+    assert states == [] and attrs[records.TARGET] == 6
+
+    drift = run_cli(*command, str(study), "--storage", url, "--set", "search.units=[4, 8]")
+    assert drift.returncode == 2
+    assert drift.stderr.count("\n") == 1 and "Traceback" not in drift.stderr, drift.stderr
+    assert drift.stderr.startswith("error: study 'cheap' exists with a different spec: search.units (")
+    assert "--allow-spec-change" in drift.stderr
+    assert _stored(url, "cheap") == (attrs, states)  # nothing written
+
+
+def test_create_only_takes_no_workers(tmp_path: Path) -> None:
+    result = run_cli("run", str(cheap_study(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'c.db'}",
+                     "--create-only", "--workers", "2")
+    assert result.returncode == 2
+    assert result.stderr == "error: --workers: got '2'; --create-only starts no workers, so it takes no --workers\n"
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_create_does_not_import_tensorflow(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    code = (
+        "import sys; from sweep.cli import main\n"
+        f"sys.argv = ['sweep', 'create', {str(cheap_study(tmp_path))!r}, '--storage', {url!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "study cheap created" in done.stdout
+
+
+def test_a_worker_started_before_the_study_joins_it_once_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'j.db'}"  # no file yet: the worker waits for it too
+    study = cheap_study(tmp_path, n_trials=2)
+    env = {**os.environ, "COLUMNS": "200", "SWEEP_STORAGE": url}
+    log = tmp_path / "worker.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "sweep", "worker", "cheap", "--wait", "60s", "-q"],
+                                cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        waiting = "waiting up to 1m for study 'cheap'"
+        wait_for(lambda: waiting in log.read_text(), timeout=30, what="the worker to wait")
+        made = run_cli("create", str(study), env={"SWEEP_STORAGE": url})
+        assert made.returncode == 0, made.stderr
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().splitlines()
+    assert lines[0] == f"waiting up to 1m for study 'cheap' on {url} (its SQLite file does not exist yet)"
+    assert re.fullmatch(r"study 'cheap' found after \d+ s", lines[1]), lines
+    assert _stored(url, "cheap")[1] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_worker_waiting_for_a_missing_study_gives_up_with_the_usual_error(tmp_path: Path) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    optuna.create_study(study_name="other", storage=url)
+    at_once = run_cli("worker", "cheap", "--storage", url)
+    assert at_once.returncode == 2
+    assert at_once.stderr == f"error: study 'cheap' not found in {url}; studies there: other\n"
+    started = time.monotonic()
+    waited = run_cli("worker", "cheap", "--storage", url, "--wait", "2s")
+    assert 2 <= time.monotonic() - started < 20
+    assert waited.returncode == 2
+    assert waited.stderr.splitlines() == [
+        f"waiting up to 2s for study 'cheap' on {url} (it does not exist yet)", at_once.stderr.strip()
+    ]
+
+
+@pytest.mark.parametrize("value", ["10x", "0", "1h30m"])
+def test_a_bad_wait_is_one_line_and_exit_2(tmp_path: Path, value: str) -> None:
+    result = run_cli("worker", "cheap", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--wait", value)
+    assert result.returncode == 2
+    reason = "a time limit must be > 0" if value == "0" else "allowed: seconds or a duration like '90m', '2h', '1d'"
+    assert result.stderr == f"error: --wait: got {value!r}; {reason}\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_wait(tmp_path: Path, signum: int) -> None:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("SWEEP_STORAGE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "worker", "cheap", "--storage", f"sqlite:///{tmp_path / 'n.db'}",
+         "--wait", "10m"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("waiting up to 10m for study 'cheap'")
+    proc.send_signal(signum)
+    _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum
+    name = signal.Signals(signum).name
+    assert rest == f"interrupted by {name} while waiting for study 'cheap'\n"

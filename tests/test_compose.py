@@ -3,7 +3,8 @@
 No container is built or started. The compose variables are filled in for a fresh database
 on the PostgreSQL server named by ``SWEEP_TEST_POSTGRES_URL``, the host ``postgres`` becomes
 that server's address, and each service's command runs as its container would run it:
-the healthcheck, a worker (with tiny budgets appended), and the dashboard.
+the healthcheck, a worker started before the study exists, the one-shot create (with tiny
+budgets appended) that it waits for, and the dashboard.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CREDENTIALS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB")
 DUMMY_PASSWORD = "pw-not-printed-123"
-TINY_BUDGET = ["--set", "training.max_epochs=1", "--set", "training.repeats=1", "--n-trials", "1", "-q"]
+TINY_BUDGET = ["--set", "training.max_epochs=1", "--set", "training.repeats=1", "--n-trials", "1"]
 WAIT_S = 60.0
 
 # Compose interpolation: $$ (a literal $), ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR.
@@ -111,7 +112,7 @@ def _depends_on_healthy_postgres(service: dict[str, Any]) -> bool:
 def test_services_volume_and_healthcheck() -> None:
     compose = _compose()
     services = compose["services"]
-    assert {"postgres", "dashboard", "worker"} <= set(services)
+    assert {"postgres", "dashboard", "create", "worker"} <= set(services)
 
     pg = services["postgres"]
     assert pg["image"].startswith("postgres:")
@@ -132,18 +133,31 @@ def test_ports_are_local_only_and_workers_scale() -> None:
     assert services["dashboard"]["ports"] == ["127.0.0.1:8080:8080"]
     worker = services["worker"]
     assert "container_name" not in worker and not worker.get("ports"), "the worker must scale with --scale worker=N"
-    for name in ("dashboard", "worker"):
+    for name in ("dashboard", "create", "worker"):
         assert _depends_on_healthy_postgres(services[name]), f"{name} must wait for a healthy postgres"
         assert services[name].get("init") is True, f"{name} needs an init to pass on SIGTERM and reap children"
     assert worker.get("build"), "the worker is built from the Dockerfile"
-    assert any(v.endswith(":/app/studies:ro") for v in worker.get("volumes") or [])
+    assert any(v.endswith(":/app/studies:ro") for v in services["create"].get("volumes") or [])
     grace = str(worker["stop_grace_period"])
     assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) >= 30, grace
 
 
+def test_the_workers_wait_for_the_study_that_create_makes() -> None:
+    """No start order between them: the workers wait for the study; create trains nothing and exits."""
+    services = _services()
+    create, worker = services["create"], services["worker"]
+    study_file = _as_list(create["command"])[1]
+    study_name = tomllib.loads((ROOT / study_file).read_text())["study"]["name"]
+    assert _as_list(create["command"]) == ["create", study_file]
+    assert _as_list(worker["command"]) == ["worker", study_name, "--workers", "1", "--wait", "10m"]
+    for name in ("create", "worker"):
+        assert set(services[name].get("depends_on") or {}) == {"postgres"}, f"{name} waits for nothing but postgres"
+    assert create.get("restart") != "always" and not create.get("ports"), "create is one-shot"
+
+
 def test_storage_comes_from_the_environment_and_no_password_is_written() -> None:
     services = _services()
-    for name in ("dashboard", "worker"):
+    for name in ("dashboard", "create", "worker"):
         url = _environment(services[name])["SWEEP_STORAGE"]
         assert url == "postgresql+psycopg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres:5432/${POSTGRES_DB}"
         argv = _as_list(services[name].get("entrypoint")) + _as_list(services[name].get("command"))
@@ -279,34 +293,64 @@ def test_postgres_healthcheck_passes(postgres_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _watch(proc: subprocess.Popen[bytes], *, timeout: float, lines: list[str]) -> int:
+    """Wait for ``proc``, collecting the command line of every process it starts (as `ps` reads them)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        lines += _command_lines(proc.pid)
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait(timeout=30)
+
+
 @pytest.mark.slow
-def test_worker_then_dashboard_on_a_fresh_database(postgres_url: str, tmp_path: Path) -> None:
+def test_worker_create_then_dashboard_on_a_fresh_database(postgres_url: str, tmp_path: Path) -> None:
     import optuna
 
     services = _interpolate(_services(), _variables(postgres_url))
-    worker, dashboard = services["worker"], services["dashboard"]
+    create, worker, dashboard = services["create"], services["worker"], services["dashboard"]
     worker_env = _service_env(worker, postgres_url)
     storage = worker_env["SWEEP_STORAGE"]
 
-    # The worker, as its container runs it (cwd: the repository, which the image copies to /app).
+    # The worker first, as its container runs it (cwd: the repository, which the image copies to
+    # /app), on a database without a study yet (without Optuna's tables, even): it waits.
     argv = _argv(worker)
     assert "://" not in " ".join(argv)
-    output = tmp_path / "worker.log"
-    lines: list[str] = []
-    with output.open("w") as sink:
-        proc = subprocess.Popen(argv + TINY_BUDGET, cwd=ROOT, env=worker_env, stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 400
-        while proc.poll() is None and time.monotonic() < deadline:  # every process it starts, as `ps` reads them
-            lines += _command_lines(proc.pid)
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as sink:
+        proc = subprocess.Popen([*argv, "-q"], cwd=ROOT, env=worker_env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "waiting up to" not in worker_log.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert "waiting up to 10m for study" in worker_log.read_text(), worker_log.read_text()
+
+        # Then the one-shot create, with tiny budgets: it makes the study and exits without training.
+        create_argv = _argv(create)
+        assert "://" not in " ".join(create_argv)
+        create_log = tmp_path / "create.log"
+        create_lines: list[str] = []
+        with create_log.open("w") as sink:
+            made = subprocess.Popen(create_argv + TINY_BUDGET, cwd=ROOT, env=_service_env(create, postgres_url),
+                                    stdout=sink, stderr=subprocess.STDOUT)
+            assert _watch(made, timeout=120, lines=create_lines) == 0, create_log.read_text()
+        study_file = next(a for a in create_argv if a.endswith(".toml"))
+        study_name = tomllib.loads((ROOT / study_file).read_text())["study"]["name"]
+        assert create_log.read_text().startswith(f"study {study_name} created on "), create_log.read_text()
+        _assert_no_password(*create_lines, create_log.read_text())
+
+        # The worker joins it and runs it to its target.
+        lines: list[str] = []
+        code = _watch(proc, timeout=400, lines=lines)
+    finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait(timeout=30)
+            proc.wait(timeout=30)
     assert any("sweep.worker" in line for line in lines), lines  # the workers were seen
-    _assert_no_password(*lines, output.read_text())
-    assert proc.returncode == 0, output.read_text()
-    study_file = next(a for a in argv if a.endswith(".toml"))
-    study_name = tomllib.loads((ROOT / study_file).read_text())["study"]["name"]
+    _assert_no_password(*lines, worker_log.read_text())
+    assert code == 0, worker_log.read_text()
+    assert f"study {study_name!r} found after" in worker_log.read_text()
     study = optuna.load_study(study_name=study_name, storage=storage)
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
 

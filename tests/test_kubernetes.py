@@ -33,7 +33,7 @@ SECRET_NAME = "sweep-storage"
 STORAGE_VAR = "SWEEP_STORAGE"
 GPU = "nvidia.com/gpu"
 WORKER_JOBS = ("sweep-workers", "sweep-workers-gpu")
-TRAINING_JOBS = ("sweep-create-study", *WORKER_JOBS)
+TRAINING_JOBS = WORKER_JOBS
 FORBIDDEN = re.compile(r"postgresql://|postgresql\+|mysql://|mysql\+|sqlite:///|password", re.IGNORECASE)
 SHELLS = ("sh", "/bin/sh", "bash", "/bin/bash")
 # `sweep SUBCOMMAND ARGS...` inside a shell script, up to a redirection or a shell operator.
@@ -276,9 +276,11 @@ def test_the_configmap_holds_the_study_the_workers_join() -> None:
     assert stored == tomllib.loads(STUDY_FILE.read_text()), f"the ConfigMap's study.toml differs from {STUDY_FILE}"
     study_name = stored["study"]["name"]
 
-    create = _pod_spec(_object("Job", "sweep-create-study"))
+    create_job = _object("Job", "sweep-create-study")
+    create = _pod_spec(create_job)
     (container,) = create["containers"]
-    assert _sweep_calls(container) == [["run", "/study/study.toml", "--workers", "1"]]
+    assert _sweep_calls(container) == [["create", "/study/study.toml"]], "it creates the study and trains nothing"
+    assert create["restartPolicy"] == "OnFailure" and create_job["spec"]["backoffLimit"] >= 1
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in create["volumes"]}
     assert volumes[next(n for n, p in mounts.items() if p == "/study")]["configMap"]["name"] == "sweep-study"
@@ -286,9 +288,10 @@ def test_the_configmap_holds_the_study_the_workers_join() -> None:
     for name in WORKER_JOBS:
         pod = _pod_spec(_object("Job", name))
         (worker,) = pod["containers"]
-        assert _sweep_calls(worker) == [["worker", study_name, "--workers", "1"]]
-        waits = [call for c in pod.get("initContainers", []) for call in _sweep_calls(c)]
-        assert waits == [["status", study_name]], "the workers wait for the study before they join it"
+        # The workers wait for the study themselves, so the Jobs start in any order.
+        assert _sweep_calls(worker) == [["worker", study_name, "--workers", "1", "--wait", "30m"]]
+        assert not pod.get("initContainers"), "no init container: `sweep worker --wait` waits for the study"
+        assert "volumes" not in pod, "the workers read the study from the database, not from a file"
 
 
 # -- The commands exist ------------------------------------------------------------------------
@@ -319,10 +322,12 @@ def _parse(call: list[str]) -> None:
 
 
 def test_every_container_runs_a_sweep_subcommand_that_exists(subcommands: set[str]) -> None:
-    assert {"run", "worker", "status", "dashboard"} <= subcommands, subcommands
-    # The parsing below is not vacuous: a misspelt option, an extra argument, a port out of range.
-    for bad in (["worker", "digits-lstm", "--wrkers", "1"], ["worker", "a", "b"], ["dashboard", "--port", "99999"]):
-        with pytest.raises(Exception, match=r"No such option|unexpected extra argument|less than or equal"):
+    assert {"create", "worker", "status", "dashboard"} <= subcommands, subcommands
+    # The parsing below is not vacuous: a misspelt option, an extra argument, a port out of range,
+    # an option without its value.
+    for bad in (["worker", "digits-lstm", "--wrkers", "1"], ["worker", "a", "b"], ["dashboard", "--port", "99999"],
+                ["create", "/study/study.toml", "--workers", "1"], ["worker", "digits-lstm", "--wait"]):
+        with pytest.raises(Exception, match=r"No such option|unexpected extra argument|less than or equal|requires an"):
             _parse(bad)
     for where, container in _all_containers():
         calls = _sweep_calls(container)
