@@ -36,6 +36,10 @@ def is_outage(exc: BaseException) -> bool:
     """
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+    from sweep.errors import SweepError
+
+    if isinstance(exc, SweepError):  # raised on purpose (a signal that came during an outage, say): not one
+        return False
     seen: BaseException | None = exc
     hops = 0
     while seen is not None and hops < 20:

@@ -9,6 +9,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ENV = "SWEEP_TEST_POSTGRES_URL"
@@ -135,3 +139,28 @@ def free_port() -> int:
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def quiet_env() -> dict[str, str]:
+    """This process's environment for a ``sweep`` child: wide lines, and no ``SWEEP_STORAGE`` of the caller's."""
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("SWEEP_STORAGE", None)
+    return env
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def wait_for_training(url: str, name: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    """The first RUNNING trial of study ``name`` once it has reported an epoch (so a signal lands mid-trial)."""
+    found: list[optuna.trial.FrozenTrial] = []
+
+    def training() -> bool:
+        found[:] = [t for t in trials_of(url, name) if t.state.name == "RUNNING" and t.intermediate_values]
+        return bool(found)
+
+    wait_for(training, timeout=timeout, what=f"a trial of {name!r} to train", ignore=(KeyError,))
+    return found[0]

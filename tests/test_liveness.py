@@ -1,11 +1,15 @@
 """One rule for a dead worker on every storage, and a worker that comes back after its trial was taken.
 
-Training is not the point here: the "workers" are Optuna trials driven by hand on the real storages.
+Training is not the point here: the first "workers" are Optuna trials driven by hand on the real
+storages; the last tests run real sweeps of tiny dense networks and stop or kill their workers.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from sweep import records
 from sweep.liveness import BEAT, Liveness, TakenOver, taken_over
 from sweep.storage import open_storage
 from sweep.worker import _guarded, _Signals
+from tests.helpers import ROOT, cheap_study, free_port, port_open, quiet_env, trials_of, wait_for, wait_for_training
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 
@@ -169,3 +174,87 @@ def test_an_interrupted_trial_is_not_mistaken_for_a_taken_one(tmp_path: Path) ->
         _guarded(lambda t: 0.0, signals, mine)(trial)
     assert records.trial_attr(study.get_trials()[trial.number], records.FAIL_REASON) == "interrupted"
     assert not mine.lost()
+
+
+def _paused_past_grace(study: Path, url: str, *extra: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``sweep run`` with two workers; the worker of the first trial to train is stopped past the grace period."""
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", url, *extra],
+                            cwd=ROOT, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = wait_for_training(url, study.stem)
+        pid = int(str(victim.user_attrs[records.WORKER]).rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # The other worker fails the silent trial and queues its configuration again.
+            wait_for(lambda: trials_of(url, study.stem)[victim.number].state.name == "FAIL", timeout=60,
+                     what=f"trial {victim.number} to be failed while its worker is stopped")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), victim.number
+
+
+@pytest.mark.slow
+def test_a_worker_paused_past_the_grace_period_discards_its_result_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    extra = "\n[worker]\nheartbeat_interval = 1\ngrace_period = 3\nmax_retries = 2\n"
+    study = cheap_study(tmp_path, name="paused", n_trials=4, epochs=40, extra=extra)
+    study.write_text(study.read_text().replace("patience = 3", "patience = 0"))
+    url = f"sqlite:///{tmp_path / 'paused.db'}"
+    result, victim = _paused_past_grace(study, url, "--workers", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    trials = {t.number: t for t in trials_of(url, "paused")}
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim]
+    assert result.stderr.splitlines() == [
+        f"trial {victim}: no beat from its worker for 3 s; marked FAIL and its configuration queued again",
+        f"trial {victim} was taken over by another worker while this one was cut off; its result is discarded "
+        f"(its configuration re-runs as trial {retry.number})",
+    ], result.stderr
+    assert sum(t.state.name == "COMPLETE" for t in trials.values()) == 4  # the target, met exactly
+    assert not [t for t in trials.values() if t.state.name in ("RUNNING", "WAITING")]
+    # The stopped worker's result never reached its trial, and the retry's records are one run's.
+    assert trials[victim].state.name == "FAIL" and trials[victim].values is None
+    assert "score" not in trials[victim].user_attrs
+    assert retry.state.name == "COMPLETE" and retry.params == trials[victim].params
+    assert retry.values == [retry.user_attrs["score"]]
+
+
+@pytest.mark.slow
+def test_behind_the_proxy_a_killed_worker_s_trial_is_retried_within_twice_the_grace_period(tmp_path: Path) -> None:
+    backend = f"sqlite:///{tmp_path / 'proxied.db'}"
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "sweep", "proxy", "--storage", backend, "--port", str(port)],
+                              cwd=ROOT, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    grace = 6
+    extra = f"\n[worker]\nheartbeat_interval = 1\ngrace_period = {grace}\nmax_retries = 2\n"
+    study = cheap_study(tmp_path, name="proxykill", n_trials=3, epochs=60, extra=extra)
+    study.write_text(study.read_text().replace("patience = 3", "patience = 0"))
+    grpc_url = f"grpc://127.0.0.1:{port}"
+    proc = None
+    try:
+        wait_for(lambda: port_open(port), timeout=60, what=f"the proxy to listen on port {port}")
+        proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", grpc_url,
+                                 "--workers", "2", "-q"],
+                                cwd=ROOT, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        victim = wait_for_training(backend, "proxykill")
+        pid = int(str(victim.user_attrs[records.WORKER]).rsplit(":", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: any(t.system_attrs.get("failed_trial") == victim.number
+                             for t in trials_of(backend, "proxykill")),
+                 timeout=4 * grace, every=0.2, what=f"trial {victim.number} to be failed and queued again")
+        recovered = time.monotonic() - killed
+        _, err = proc.communicate(timeout=400)
+    finally:
+        for p in (proc, server):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.communicate(timeout=30)
+    assert recovered <= 2 * grace, f"retried {recovered:.1f} s after the kill"
+    assert proc.returncode == 0, err
+    trials = trials_of(backend, "proxykill")
+    assert trials[victim.number].state.name == "FAIL"
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
