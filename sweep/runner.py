@@ -37,7 +37,7 @@ from sweep.errors import (
 )
 from sweep.outage import OutageTimeout, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
-from sweep.spec import StudySpec, spec_from_dict
+from sweep.spec import StudySpec, WorkerSection, spec_from_dict
 from sweep.storage import (
     default_artifacts,
     load_study,
@@ -474,15 +474,20 @@ def plan_join(
     ``timeout_s`` stops starting trials after that long (default: the study's own time
     limit when it has no trial count), counted from when the study is found; ``gpus`` and
     ``workers`` as for :func:`run_sweep`. With ``wait_s``, a study that is not there yet
-    is waited for (:func:`wait_for_study`, which hands ``on_wait`` its lines).
+    is waited for (:func:`wait_for_study`, which hands ``on_wait`` its lines); without it,
+    only a storage that does not answer is, for the default ``worker.outage_timeout``.
 
     Raises:
         StudyNotFoundError: no such study (after ``wait_s``, if given).
         UserError: the study was not created by ``sweep run``, or a GPU that does not exist.
         Interrupted: SIGINT or SIGTERM while waiting.
     """
-    if wait_s is not None:
-        wait_for_study(study_name, url, wait_s=wait_s, on_wait=on_wait)
+    # A database that does not answer yet (restarting as this machine starts) is waited for as
+    # `sweep run` waits for it, for the default worker.outage_timeout (the study's own is in it).
+    outage_s = WorkerSection().outage_timeout
+    wait_for_study(
+        study_name, url, wait_s=outage_s if wait_s is None else wait_s, on_wait=on_wait, missing_ok=wait_s is not None
+    )
     study, spec = open_sweep(study_name, url)
     devices = _devices_of(spec, gpus=gpus, workers=workers)
     target = n_trials if n_trials is not None else study.user_attrs.get(records.TARGET)

@@ -33,6 +33,7 @@ def wait_for_study(
     wait_s: float,
     on_wait: Callable[[str], None] | None = None,
     poll_s: float = WAIT_POLL_S,
+    missing_ok: bool = True,
 ) -> None:
     """Return once ``study_name`` is in the storage with its spec (its creation finished), waiting up to ``wait_s``.
 
@@ -43,6 +44,8 @@ def wait_for_study(
     :class:`StorageError`, an outage). ``on_wait`` gets one line when the wait starts and
     one when the study is found; a study there at once gets none. The study is read with
     SQL on one pooled engine (:func:`sweep.report.study_spec`), not opened through Optuna.
+    With ``missing_ok=False`` only a storage that does not answer is waited for: a study
+    or a storage that is not there is an error at once (a worker started without ``--wait``).
 
     Raises:
         StudyNotFoundError, UserError, StorageError: the last of those errors, once ``wait_s``
@@ -69,7 +72,7 @@ def wait_for_study(
             except (Interrupted, SpecError):
                 raise
             except (UserError, StorageError) as exc:
-                if path is not None and path.is_dir():
+                if (path is not None and path.is_dir()) or (isinstance(exc, UserError) and not missing_ok):
                     raise
                 last: SweepError = exc
             except Exception as exc:

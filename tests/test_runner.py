@@ -12,13 +12,13 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from sweep import records
-from sweep.errors import SpecDriftError, StudyNotFoundError, UserError
+from sweep.errors import SpecDriftError, StorageError, StudyNotFoundError, UserError
 from sweep.runner import create_study, prepare_study, spec_diff
 from sweep.space import distributions
 from sweep.spec import load_spec
 from sweep.storage import default_artifacts, mask
 from sweep.waiting import duration_text, wait_for_study
-from tests.helpers import write_study
+from tests.helpers import free_port, write_study
 
 PARAMS = {"n_layers": 1, "units": 8, "activation": "tanh", "learning_rate": 0.01, "optimizer": "adam",
           "batch_size": 64, "dropout": 0.1, "l2": 1e-4, "layer_norm": False}
@@ -127,6 +127,23 @@ def test_a_study_whose_creation_has_not_finished_is_waited_for(tmp_path: Path) -
     assert lines[0] == f"waiting up to 30s for study 'tiny' on {url} (it is not ready yet)"
     with pytest.raises(StudyNotFoundError):  # a study that is there at once is not waited for
         wait_for_study("other", url, wait_s=0.5, poll_s=0.2)
+
+
+def test_without_wait_only_a_storage_that_does_not_answer_is_waited_for(tmp_path: Path) -> None:
+    """A worker host that starts while the database restarts waits for it; a missing study is an error at once."""
+    url = f"sqlite:///{tmp_path / 'here.db'}"
+    optuna.create_study(study_name="other", storage=url)
+    started = time.monotonic()
+    with pytest.raises(StudyNotFoundError):
+        wait_for_study("tiny", url, wait_s=30, poll_s=0.2, missing_ok=False)
+    assert time.monotonic() - started < 5
+    silent = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="connection"):
+        wait_for_study("tiny", silent, wait_s=1.5, on_wait=lines.append, poll_s=0.2, missing_ok=False)
+    assert 1.5 <= time.monotonic() - started < 15
+    assert lines == [f"waiting up to 1.5s for study 'tiny' on {mask(silent)} (the storage does not answer)"]
 
 
 def test_durations_are_shown_as_written() -> None:
