@@ -36,9 +36,9 @@ def is_outage(exc: BaseException) -> bool:
     """
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    from sweep.errors import SweepError
+    from sweep.errors import Interrupted
 
-    if isinstance(exc, SweepError):  # raised on purpose (a signal that came during an outage, say): not one
+    if isinstance(exc, Interrupted):  # a signal that came while an outage was being handled: the signal
         return False
     seen: BaseException | None = exc
     hops = 0

@@ -1,92 +1,37 @@
 """A database that goes away mid-sweep: a private PostgreSQL server, stopped and started under a real ``sweep run``.
 
 Each test starts its own server (``initdb`` into a temporary folder, a free
-port) so that stopping it touches no other test. Skipped where the
+port: :mod:`tests.pgserver`) so that stopping it touches no other test. Skipped where the
 PostgreSQL server programs are not installed.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import DBAPIError
 
 from tests.helpers import ROOT, wait_for, write_study
+from tests.pgserver import Server, private_server, unavailable
 
 pytestmark = pytest.mark.slow
 NOT_YET = (DBAPIError,)
 """What the database raises while it is still starting, or before the sweep has created its tables."""
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-@dataclass
-class Server:
-    data: Path
-    port: int
-    log: Path
-    as_user: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _ctl(self, *args: str) -> None:
-        pg_ctl = _pg_bin("pg_ctl")
-        assert pg_ctl is not None
-        subprocess.run([*self.as_user, pg_ctl, "-D", str(self.data), *args], check=True, capture_output=True,
-                       timeout=120)  # fmt: skip
-
-    def start(self) -> None:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data}"
-        self._ctl("-o", options, "-l", str(self.log), "-w", "start")
-
-    def stop(self) -> None:
-        self._ctl("-m", "fast", "-w", "stop")
-
-
 @pytest.fixture
 def server() -> Iterator[Server]:
-    initdb = _pg_bin("initdb")
-    if initdb is None or _pg_bin("pg_ctl") is None:
-        pytest.skip("the PostgreSQL server programs (initdb, pg_ctl) are not installed")
-    as_user: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # outside pytest's folders, which only root may enter
-    if os.geteuid() == 0:  # the server refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start a private PostgreSQL server")
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = Server(data=data, port=port, log=folder / "server.log", as_user=as_user)
-    srv.start()
-    try:
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with private_server() as srv:
         yield srv
-    finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl") or "pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _trials(url: str) -> list[tuple[int, str, set[str]]]:
@@ -244,3 +189,41 @@ def test_sweep_run_waits_for_a_database_that_is_down_when_it_starts(server: Serv
     assert [s for _, s, _ in _trials(server.url)] == ["COMPLETE", "COMPLETE"]
     assert "Traceback" not in out + err
     assert "storage unreachable while preparing the study" in err
+
+
+def test_an_outage_is_recognised_by_its_cause_not_by_the_error_optuna_raises() -> None:
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from sweep.errors import Interrupted
+    from sweep.outage import is_outage
+
+    refused = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+    try:
+        try:
+            raise refused
+        except OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("an error in the storage") from exc
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert is_outage(wrapped)
+    # A signal that comes while an outage is being handled is the signal, not the outage.
+    try:
+        try:
+            raise refused
+        except OperationalError:
+            raise Interrupted(15) from None
+    except Interrupted as stopped:
+        assert stopped.__context__ is refused and not is_outage(stopped)
+    assert not is_outage(ValueError("Cannot tell a FAIL trial."))
+
+
+def test_a_storage_proxy_that_does_not_answer_is_an_outage() -> None:
+    import optuna
+
+    from sweep.outage import is_outage
+    from tests.helpers import free_port
+
+    proxy = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=free_port())  # nothing listens there
+    with pytest.raises(Exception) as caught:
+        proxy.get_all_studies()
+    assert is_outage(caught.value), repr(caught.value)
