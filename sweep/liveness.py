@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from sweep.errors import TrialFailed
 from sweep.outage import is_outage
-from sweep.records import FAIL_REASON
 
 if TYPE_CHECKING:
     import optuna
@@ -135,32 +134,14 @@ class Liveness:
         """
         import optuna
 
-        if not self.own_beats:
-            before = {t._trial_id for t in self._running()}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
-            storage = self.study._storage
-            ended = [storage.get_trial(i) for i in before - {t._trial_id for t in self._running()}]
-            # Failed without a reason: the reaper's doing (a worker that fails its own trial says why).
-            failed = [t.number for t in ended if t.state.name == "FAIL" and FAIL_REASON not in t.user_attrs]
-        else:
-            failed = self._reap_own()
-        for number in failed:
-            log.warning(
-                "trial %d: no beat from its worker for %.0f s; marked FAIL%s",
-                number,
-                self.grace_s,
-                " and its configuration queued again" if self.max_retries > 0 else "",
-            )
-        return sorted(failed)
-
-    def _reap_own(self) -> list[int]:
-        """:meth:`reap` by sweep's own beats."""
-        import optuna
-
-        with self._lock:
-            stale = self._stale(self._running())
+        running = self._running()
+        if self.own_beats:
+            with self._lock:
+                stale = self._stale(running)
+        else:  # Optuna's heartbeats, judged by the database's clock (what fail_stale_trials reads)
+            beats: Any = self.study._storage  # a BaseHeartbeat (optuna_beats said so)
+            ids = set(beats._get_stale_trial_ids(self.study._study_id))
+            stale = [t for t in running if t._trial_id in ids]
         failed = []
         storage = self.study._storage
         for trial in stale:
@@ -169,10 +150,16 @@ class Liveness:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it, or it just ended
                 continue
-            failed.append(trial.number)
+            failed.append(trial.number)  # this worker failed it: it alone queues the retry and says so
             if self.max_retries > 0:
                 retry_callback(self.max_retries)(self.study, storage.get_trial(trial._trial_id))
-        return failed
+            log.warning(
+                "trial %d: no beat from its worker for %.0f s; marked FAIL%s",
+                trial.number,
+                self.grace_s,
+                " and its configuration queued again" if self.max_retries > 0 else "",
+            )
+        return sorted(failed)
 
     def _running(self) -> list[optuna.trial.FrozenTrial]:
         from optuna.trial import TrialState
