@@ -134,7 +134,7 @@ class Liveness:
         """
         import optuna
 
-        running = self._running()
+        running = self.running()
         if self.own_beats:
             with self._lock:
                 stale = self._stale(running)
@@ -161,7 +161,8 @@ class Liveness:
             )
         return sorted(failed)
 
-    def _running(self) -> list[optuna.trial.FrozenTrial]:
+    def running(self) -> list[optuna.trial.FrozenTrial]:
+        """The study's RUNNING trials."""
         from optuna.trial import TrialState
 
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

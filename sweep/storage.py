@@ -207,6 +207,8 @@ def open_storage(
             )
         if url.startswith("sqlite"):
             _immediate_transactions(storage.engine)
+        elif grace_period:
+            _bounded_idle_transactions(storage.engine, grace_period)
         return storage
     except (SQLAlchemyError, optuna.exceptions.OptunaError, ImportError, ValueError, RuntimeError) as exc:
         raise storage_error(url, exc) from None
@@ -291,6 +293,42 @@ def _immediate_transactions(engine: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections made before the listeners are dropped
+
+
+def _bounded_idle_transactions(engine: Any, seconds: int) -> None:
+    """Have the server end a session of ``engine`` that sits in a transaction for ``seconds``.
+
+    A worker paused or cut off in the middle of a transaction (a beat, a report)
+    holds its trial's row lock, and the worker that fails its trial as stale
+    would wait on that lock until the dead connection's TCP times out (hours).
+    The server ends such a session after the grace period instead, which frees
+    the lock when the trial becomes stale. A healthy worker's transactions last
+    milliseconds; should one be ended, its next statement meets an outage and
+    is retried. PostgreSQL: ``idle_in_transaction_session_timeout``; MariaDB:
+    ``idle_transaction_timeout``. MySQL has no such setting: there the lock is
+    held until the server notices the connection is gone.
+    """
+    from sqlalchemy import event
+
+    if engine.dialect.name == "postgresql":
+        statement = f"SET idle_in_transaction_session_timeout = {int(seconds) * 1000}"
+    elif engine.dialect.name == "mysql":
+        statement = f"SET SESSION idle_transaction_timeout = {int(seconds)}"
+    else:
+        return
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        except Exception:  # MySQL: no such variable; the server's defaults stay
+            dbapi_connection.rollback()
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    engine.dispose()  # connections made before the listener are dropped
 
 
 def storage_error(url: str, exc: BaseException) -> SweepError:

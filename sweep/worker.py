@@ -197,9 +197,16 @@ def run_worker(
     while _has_room(study, target=target, deadline=deadline, signals=signals, alive=alive):
         step = objective.db(lambda: allocate(study, spec), "allocating the next trial")
         if step.action is Action.STOP:
+            # The budget counts the repeats in flight: wait for them, as for a target, since a
+            # repeat whose worker is gone gives its share back once it is failed as stale.
+            if objective.db(alive.running, "looking for running trials"):
+                objective.db(alive.reap, "looking for stale trials")
+                time.sleep(POLL_S)
+                continue
             log.info("%s", step.reason)
             break
-        if step.action is Action.WAIT:
+        if step.action is Action.WAIT:  # for a verification in flight: its worker may be gone
+            objective.db(alive.reap, "looking for stale trials")
             time.sleep(POLL_S)
             continue
         finished: list[optuna.trial.FrozenTrial] = []

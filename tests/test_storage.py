@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import pytest
 
 from sweep.errors import UserError
+from sweep.outage import is_outage
 from sweep.storage import mask, resolve_url
 from tests.helpers import run_cli
 
@@ -129,3 +131,45 @@ def test_a_running_trial_that_never_beat_is_reaped_one_grace_period_later(storag
     time.sleep(3.5)
     optuna.storages.fail_stale_trials(study)
     assert study.trials[orphan.number].state is optuna.trial.TrialState.FAIL
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"])
+def test_a_worker_cut_off_inside_a_transaction_does_not_keep_its_trial_from_the_reaper(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """A worker paused mid-transaction holds its row lock; the server ends its session after the grace period."""
+    import threading
+
+    import optuna
+
+    from sweep.storage import open_storage
+
+    url = request.getfixturevalue(f"{'postgres' if server == 'postgresql' else server}_url")
+    paused = open_storage(url, heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=paused, study_name="locked")
+    trial = study.ask()
+    holder = paused.engine.connect()  # the paused worker: its beat took the row lock, then it stopped
+    holder.begin()
+    holder.exec_driver_sql(f"SELECT trial_id FROM trials WHERE trial_id = {trial._trial_id} FOR UPDATE")
+    reaper = open_storage(url, heartbeat_interval=1, grace_period=2)
+    done = threading.Event()
+
+    def fail_it() -> None:
+        reaper.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        done.set()
+
+    threading.Thread(target=fail_it, daemon=True).start()
+    try:
+        assert done.wait(timeout=20), "the reaper still waits on the paused worker's lock"
+        assert reaper.get_trial(trial._trial_id).state is optuna.trial.TrialState.FAIL
+        # The worker resumes: its ended session is an outage to wait out, and then its trial is gone.
+        with pytest.raises(Exception) as resumed:
+            holder.exec_driver_sql("SELECT 1")
+        assert is_outage(resumed.value), repr(resumed.value)
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            paused.set_trial_system_attr(trial._trial_id, "sweep:beat", 9)
+    finally:
+        with contextlib.suppress(Exception):
+            holder.close()  # frees the lock if the server did not
+        for s in (paused, reaper):
+            s.engine.dispose()
