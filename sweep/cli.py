@@ -716,6 +716,7 @@ def proxy(
 ) -> None:
     """Serve the storage to many workers over gRPC (they use --storage grpc://HOST:PORT)."""
     with _errors():
+        from sweep.proxy import make_server
         from sweep.storage import mask, open_storage, resolve_url
 
         url = resolve_url(storage)
@@ -728,7 +729,9 @@ def proxy(
         logging_level = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            optuna.storages.run_grpc_proxy_server(backend, host=host, port=port)
+            server = make_server(backend, url=url, host=host, port=port)
+            server.start()
+            server.wait_for_termination()
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         finally:

@@ -44,7 +44,7 @@ def is_outage(exc: BaseException) -> bool:
     hops = 0
     while seen is not None and hops < 20:
         if isinstance(seen, OperationalError | InterfaceError):
-            return True
+            return not refused(seen)
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
         if _grpc_unreachable(seen):
@@ -52,6 +52,24 @@ def is_outage(exc: BaseException) -> bool:
         seen = seen.__cause__ or seen.__context__
         hops += 1
     return False
+
+
+_REFUSALS = (
+    "password authentication failed",  # PostgreSQL
+    "no pg_hba.conf entry",
+    "does not exist",  # database "x" does not exist
+    "access denied for user",  # MySQL / MariaDB (1045, 1044)
+    "unknown database",  # MySQL / MariaDB (1049)
+)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a connection error says the server answered and refused (credentials, a missing database).
+
+    That is a mistake in the URL or the server's settings, not an outage: waiting would not help.
+    """
+    text = str(exc).lower()
+    return any(s in text for s in _REFUSALS)
 
 
 _GRPC_OUTAGES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})

@@ -247,7 +247,7 @@ def _heartbeat_tolerant_storage() -> type:
                 if not is_outage(exc):
                     raise
                 if not self._missed:
-                    log.warning("storage unreachable: heartbeats of trial %d skipped until it answers", trial_id)
+                    log.warning("storage unreachable: heartbeats skipped until it answers")
                 self._missed = True
                 return
             self._missed = False

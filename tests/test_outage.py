@@ -227,3 +227,42 @@ def test_a_storage_proxy_that_does_not_answer_is_an_outage() -> None:
     with pytest.raises(Exception) as caught:
         proxy.get_all_studies()
     assert is_outage(caught.value), repr(caught.value)
+
+
+def test_a_database_that_restarts_behind_the_proxy_is_an_outage_to_its_workers(server: Server) -> None:
+    """The proxy says UNAVAILABLE (an outage, waited out) where Optuna's proxy says UNKNOWN (a refusal)."""
+    import warnings
+
+    import optuna
+
+    from sweep.outage import is_outage
+    from tests.helpers import free_port, port_open
+
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, "-m", "sweep", "proxy", "--storage", server.url, "--port", str(port)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: port_open(port), timeout=60, what="the proxy to listen")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        study = optuna.create_study(storage=client, study_name="behind")
+        trial = study.ask()
+        server.stop()
+        with pytest.raises(Exception) as caught:
+            client.set_trial_user_attr(trial._trial_id, "k", 1)
+        assert is_outage(caught.value), repr(caught.value)
+        assert "the database behind the proxy is down" in str(caught.value)
+        server.start()
+        wait_for(lambda: _answers(client, trial._trial_id), timeout=60, what="the proxy to answer again",
+                 ignore=(Exception,))  # fmt: skip
+        assert client.get_trial(trial._trial_id).user_attrs == {"k": 2}
+    finally:
+        proxy.terminate()
+        _, err = proxy.communicate(timeout=30)
+    assert "Traceback" not in err, err
+
+
+def _answers(client: object, trial_id: int) -> bool:
+    client.set_trial_user_attr(trial_id, "k", 2)  # type: ignore[attr-defined]
+    return True

@@ -173,3 +173,25 @@ def test_a_worker_cut_off_inside_a_transaction_does_not_keep_its_trial_from_the_
             holder.close()  # frees the lock if the server did not
         for s in (paused, reaper):
             s.engine.dispose()
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"])
+def test_a_server_that_refuses_the_credentials_is_an_error_at_once_not_an_outage(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Waiting out a wrong user or a missing database would only delay the one line that says so."""
+    import sqlalchemy as sa
+
+    from tests.helpers import cheap_study
+
+    good = sa.engine.make_url(request.getfixturevalue(f"{'postgres' if server == 'postgresql' else server}_url"))
+    wrong = [good.set(username="nobody", password="pw"), good.set(database="no_such_database")]
+    study = cheap_study(tmp_path)
+    for url in wrong:
+        shown = url.render_as_string(hide_password=False)
+        started = time.monotonic()
+        result = run_cli("create", str(study), "--storage", shown, timeout=120)
+        assert result.returncode in (1, 2) and time.monotonic() - started < 30, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and ("nobody" in line or "no_such_database" in line), line
+        assert ":pw@" not in line  # the password is masked
