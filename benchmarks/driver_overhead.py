@@ -7,7 +7,9 @@ repeat, no pruner, the same thread count (every core): once through
 processes, so each pays its Python and TensorFlow start-up. Rounds rotate
 which runs first; the figure is the median of the per-round ratios
 sweep/plain. The full run adds ``sweep run`` with the dashboard notes and
-learning-curve artifacts turned off, to show what they cost. The rounds are
+learning-curve artifacts turned off, to show what they cost, and (every run)
+``sweep run`` with the same LSTM written as a ``[model] builder``, against the
+family: a builder should cost nothing more. The rounds are
 shared with benchmark 2b (:func:`benchmarks.fixed_trials.measure`).
 """
 
@@ -32,6 +34,12 @@ def run(ctx: Context) -> Result:
         goal=GOAL,
         note=f"{n} trials x {epochs} epochs, {rounds} rounds",
     )
+    if "sweep_1_worker_builder" in times:
+        res.add(
+            "wall time sweep run with the same model as a [model] builder / with model.family",
+            median_ratio(times["sweep_1_worker_builder"], sweep_s),
+            note="goal: equal within noise",
+        )
     if "sweep_1_worker_no_notes" in times:
         res.add(
             "wall time sweep run with dashboard.notes=false / plain loop",

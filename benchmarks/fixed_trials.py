@@ -40,6 +40,29 @@ from sweep import records
 STUDY = "fixed"
 SEED = 42
 
+FAMILY_AS_BUILDER = '''
+"""The built-in lstm family written as a builder: the same layers, created in the same order."""
+import keras
+from keras import layers
+
+
+def build(params, shape):
+    regularizer = keras.regularizers.L2(params["l2"]) if params["l2"] > 0 else None
+    inputs = keras.Input(shape=shape.input_shape)
+    x = inputs
+    for i in range(params["n_layers"]):
+        last = i == params["n_layers"] - 1
+        x = layers.LSTM(params["units"], activation=params["activation"], return_sequences=not last,
+                        kernel_regularizer=regularizer, dropout=params["dropout"])(x)
+        if params["layer_norm"] and not last:
+            x = layers.LayerNormalization()(x)
+    if params["dropout"] > 0:
+        x = layers.Dropout(params["dropout"])(x)
+    outputs = layers.Dense(shape.n_outputs, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs)
+'''
+"""Benchmark 1's builder variant: what a user would write for the model sweep's family builds."""
+
 
 @dataclass
 class FixedTrials:
@@ -66,23 +89,35 @@ class FixedTrials:
         )
         self.study_file = write_study(self.folder, sections)
         self.spec = load_spec(self.study_file)
+        builder_folder = self.ctx.folder("fixed-builder-study")
+        (builder_folder / "family_lstm.py").write_text(FAMILY_AS_BUILDER, encoding="utf-8")
+        self.builder_file = builder_folder / self.study_file.name
+        text = self.study_file.read_text(encoding="utf-8")
+        self.builder_file.write_text(text.replace('family = "lstm"', 'builder = "family_lstm:build"'), encoding="utf-8")
+        self.builder_spec = load_spec(self.builder_file)
+        if self.builder_spec.model.builder is None:
+            raise BenchmarkError(f"{self.study_file}: no model.family = 'lstm' line to turn into a builder")
         self.space_file = self.folder / "space.json"
         self.space_file.write_text(json.dumps(space_json(self.spec)), encoding="utf-8")
 
     # ---------------------------------------------------------------- sweep
 
-    def sweep(self, label: str, *extra: str) -> float:
-        """Seconds of one ``sweep run STUDY --n-trials N`` on a fresh storage with the configurations queued."""
+    def sweep(self, label: str, *extra: str, builder: bool = False) -> float:
+        """Seconds of one ``sweep run STUDY --n-trials N`` on a fresh storage with the configurations queued.
+
+        ``builder``: the same model through ``[model] builder`` instead of ``family``.
+        """
         from sweep.runner import prepare_study
 
         folder = self.ctx.folder(f"fixed-{label}")
         url = sqlite_url(folder / "sweep.db")
-        study, created = prepare_study(self.spec, url=url)
+        spec, file = (self.builder_spec, self.builder_file) if builder else (self.spec, self.study_file)
+        study, created = prepare_study(spec, url=url)
         if not created:
             raise BenchmarkError(f"{url}: expected a fresh storage")
         enqueue(study, self.configs)
         timed = run_timed(
-            sweep_cmd("run", str(self.study_file), "--storage", url, "--n-trials", str(self.n_trials), "-q", *extra),
+            sweep_cmd("run", str(file), "--storage", url, "--n-trials", str(self.n_trials), "-q", *extra),
             env=bench_env(),
         )
         self._check(label, url)
@@ -163,6 +198,7 @@ def measure(ctx: Context) -> dict[str, Any]:
         "plain": lambda: fixed.plain("plain", threads=threads),
         "sweep_workers_auto": lambda: fixed.sweep("sweepauto", "--workers", "auto"),
     }
+    variants["sweep_1_worker_builder"] = lambda: fixed.sweep("builder", *one, builder=True)
     if not ctx.quick:
         variants["sweep_1_worker_no_notes"] = lambda: fixed.sweep("nonotes", *one, "--set", "dashboard.notes=false")
     times = alternate(
@@ -187,7 +223,9 @@ def measure(ctx: Context) -> dict[str, Any]:
             "trial_and_train_seconds": fixed.trial_seconds,
             "final_val_loss": fixed.final_losses,
             "max_relative_difference_of_final_val_loss": {
-                k: fixed.same_work(k, "plain") for k in ("sweep", "sweepauto", "nonotes") if k in fixed.final_losses
+                k: fixed.same_work(k, "plain")
+                for k in ("sweep", "sweepauto", "nonotes", "builder")
+                if k in fixed.final_losses
             },
         },
     }

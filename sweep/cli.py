@@ -527,7 +527,7 @@ def _rank_table(title: str, rows: list[Any], components: tuple[str, ...], params
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("diagnosis", no_wrap=True)
     for p in params:
-        table.add_column(_PARAM_HEADERS[p], justify="right", no_wrap=True)
+        table.add_column(_PARAM_HEADERS.get(p, p), justify="right", no_wrap=True)
     for r in rows:
         label = r.diagnosis or "-"
         table.add_row(
@@ -554,6 +554,14 @@ def _ranking_used(study_name: str, url: str, *, by: str, risk: float | None, tai
     return f"ranked by {score}, lower is better"
 
 
+def _param_names(rows: list[Any]) -> list[str]:
+    """The parameters the rows carry: the eight (and ``layer_norm``) first, then a builder's own."""
+    names = [p for p in _PARAM_HEADERS if any(p in r.params for r in rows)]
+    for r in rows:
+        names += [p for p in r.params if p not in names]
+    return names
+
+
 def _print_rank_table(study_name: str, rows: list[Any], *, wide: bool, used: str) -> None:
     """The ranking as a table that fits the terminal: searched parameters are dropped from the right
     until it does (``--wide``: every component and parameter, whatever the width)."""
@@ -564,8 +572,9 @@ def _print_rank_table(study_name: str, rows: list[Any], *, wide: bool, used: str
         return
     title = f"{study_name}: {used}"
     components = _COMPONENTS if wide else _DEFAULT_COMPONENTS
-    searched = [p for p in _PARAM_HEADERS if len({repr(r.params.get(p)) for r in rows if p in r.params}) > 1]
-    params = [p for p in _PARAM_HEADERS if any(p in r.params for r in rows)] if wide else searched
+    names = _param_names(rows)
+    searched = [p for p in names if len({repr(r.params.get(p)) for r in rows if p in r.params}) > 1]
+    params = names if wide else searched
     table = _rank_table(title, rows, components, params)
     if wide:
         Console(highlight=False, width=max(out.width, 1000)).print(table)
@@ -577,7 +586,7 @@ def _print_rank_table(study_name: str, rows: list[Any], *, wide: bool, used: str
             table = _rank_table(title, rows, components, shown)
         out.print(table, soft_wrap=False, crop=False)
         if len(shown) < len(params):
-            hidden = ", ".join(_PARAM_HEADERS[p] for p in params[len(shown):])
+            hidden = ", ".join(_PARAM_HEADERS.get(p, p) for p in params[len(shown):])
             out.print(f"(not shown to fit {out.width} columns: {hidden}; --wide shows every column)", markup=False)
     for r in rows:
         if r.diagnosis not in (None, "stable") or r.fail_reason:
@@ -591,8 +600,9 @@ def _write_csv(rows: list[Any]) -> None:
     from sweep.report import NUMERIC_FIELDS
     from sweep.spec import PARAM_NAMES
 
+    extra = [p for p in _param_names(rows) if p not in (*PARAM_NAMES, "layer_norm")]
     names = ["rank", "number", "state", *NUMERIC_FIELDS, "diagnosis", "hint", "n_repeats", "stopped",
-             *PARAM_NAMES, "layer_norm", "fail_reason"]  # fmt: skip
+             *PARAM_NAMES, "layer_norm", *extra, "fail_reason"]  # fmt: skip
     writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for r in rows:

@@ -177,6 +177,7 @@ def load_dataset(
     group: str | None = None,
     length: int | None = None,
     base_dir: Path | str = ".",
+    order_by: str | None = None,
 ) -> Dataset:
     """Load the dataset a study's ``[data]`` section names.
 
@@ -184,6 +185,8 @@ def load_dataset(
         source: one of :data:`SOURCES`.
         path: the file for ``csv``/``npz``, relative to ``base_dir``.
         features, target, group: column names (``csv`` only).
+        order_by: a column (dates or numbers) that puts the rows of a series, or of each
+            group, in order (``csv`` with ``lookback`` or ``group``); the file's order otherwise.
         task: required for ``csv``/``npz``; for built-ins it may only repeat
             the built-in's own task.
         lookback, horizon: window length and how many steps ahead the target
@@ -208,7 +211,8 @@ def load_dataset(
         the_task = _BUILTIN_TASKS[kind]
         if task is not None and _parse_task(task, kind) is not the_task:
             raise DataError(f"data.task: {task!r} does not fit source '{kind.value}', which is '{the_task.value}'")
-        for field, value in (("path", path), ("features", features), ("target", target), ("group", group)):
+        named = (("path", path), ("features", features), ("target", target), ("group", group), ("order_by", order_by))
+        for field, value in named:
             if value is not None:
                 users = "csv and npz" if field == "path" else "csv"
                 raise DataError(f"data.{field}: not used by source '{kind.value}'; only by {users}")
@@ -234,10 +238,11 @@ def load_dataset(
     if kind is Source.CSV:
         return _load_csv(
             path=path, file=file, features=features, target=target, task=the_task,
-            lookback=lookback, horizon=horizon, group=group,
+            lookback=lookback, horizon=horizon, group=group, order_by=order_by,
         )
     unused: tuple[tuple[str, object], ...] = (
         ("features", features), ("target", target), ("group", group), ("lookback", lookback),
+        ("order_by", order_by),
     )
     for field, unused_value in unused:
         if unused_value is not None:
@@ -409,6 +414,36 @@ class _Table:
         return [row[index] for row in self.rows]
 
 
+def _ordered(table: _Table, column: str) -> _Table:
+    """``table`` with its rows sorted by ``column`` (numbers, or ISO dates and times; stable for ties).
+
+    Raises:
+        DataError: a value of ``column`` is neither (one line naming it).
+    """
+    from datetime import UTC, datetime
+
+    keys: list[tuple[int, float]] = []
+    for row, cell in enumerate(table.column(column)):
+        try:
+            keys.append((0, float(cell)))
+            continue
+        except ValueError:
+            pass
+        try:
+            when = datetime.fromisoformat(cell)
+        except ValueError:
+            raise DataError(
+                f"data.order_by: {table.display!r} column {column!r} row {table.lines[row]} is {cell!r}; "
+                "allowed: numbers or ISO dates and times (2024-01-31, 2024-01-31T12:00)"
+            ) from None
+        keys.append((1, (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()))  # naive: as UTC
+    if len({kind for kind, _ in keys}) > 1:
+        raise DataError(f"data.order_by: {table.display!r} column {column!r} mixes numbers and dates; use one kind")
+    order = sorted(range(len(keys)), key=lambda i: keys[i][1])
+    return _Table(display=table.display, columns=table.columns, rows=[table.rows[i] for i in order],
+                  lines=[table.lines[i] for i in order])  # fmt: skip
+
+
 def _read_csv(display: str, file: Path) -> _Table:
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
@@ -549,6 +584,7 @@ def _load_csv(
     lookback: int | None,
     horizon: int,
     group: str | None,
+    order_by: str | None = None,
 ) -> Dataset:
     ahead = _check_int("data.horizon", horizon, minimum=1)
     window = None if lookback is None else _check_int("data.lookback", lookback, minimum=1)
@@ -562,6 +598,10 @@ def _load_csv(
         raise DataError(f"data.target: required for source 'csv'; name the column of {path!r} to predict")
 
     table = _read_csv(path, file)
+    if order_by is not None:
+        if window is None and group is None:
+            raise DataError("data.order_by: orders a series; use it with data.lookback or data.group")
+        table = _ordered(table, _require_column(table, "data.order_by", order_by))
     targets = [_require_column(table, "data.target", name) for name in _names("data.target", target)]
     if task is Task.CLASSIFICATION and len(targets) != 1:
         raise DataError(f"data.target: {target!r} is not allowed for classification; give one column name")
@@ -570,7 +610,7 @@ def _load_csv(
         raise DataError(f"data.group: column {group_column!r} is the target; the group must be another column")
 
     if features is None:
-        excluded = {group_column} if window is not None else {group_column, *targets}
+        excluded = {group_column, order_by} if window is not None else {group_column, order_by, *targets}
         inputs = [name for name in table.columns if name not in excluded]
         if not inputs:
             raise DataError(f"data.features: {path!r} has no columns left to use as features")
@@ -1097,6 +1137,7 @@ def data_kwargs(section: DataSection) -> dict[str, Any]:
         "lookback": section.lookback,
         "horizon": section.horizon,
         "group": section.group,
+        "order_by": section.order_by,
         "length": section.length,
     }
 

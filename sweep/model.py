@@ -1,4 +1,4 @@
-"""Keras model families: stacked LSTM, stacked GRU and a dense MLP.
+"""Keras model families: stacked LSTM, stacked GRU and a dense MLP, or the user's builder.
 
 Keras is imported inside the functions: importing this module is cheap, and
 only a process that trains pays for TensorFlow.
@@ -82,23 +82,33 @@ def check_family(family: Family | str, shape: ModelShape, *, data_name: str) -> 
 def build_model(
     params: Hyperparams,
     *,
-    family: Family | str,
+    family: Family | str | None,
     shape: ModelShape,
     momentum: float = 0.9,
     clipnorm: float | None = None,
     steps_per_execution: int = 1,
+    builder: Any = None,
 ) -> keras.Model:
     """Build and compile one model for ``params``.
 
     Recurrent families stack ``n_layers`` layers of ``units`` cells with
     ``return_sequences`` on all but the last, optional LayerNormalization
     between them, dropout and L2 kernel regularisation; the dense family is an MLP of
-    the same depth and width (sequences are flattened first).
+    the same depth and width (sequences are flattened first). With a ``builder``
+    (a :class:`sweep.builder.Builder`; ``family`` None) the user's function builds
+    it; a model it returns uncompiled is compiled here as a family's would be.
     """
-    import keras
     from keras import layers
 
     from sweep.data import PAD_VALUE
+
+    if builder is not None:
+        model = builder.build(params.as_dict(), shape)
+        if not model.compiled:
+            _compile(model, params, shape, momentum=momentum, clipnorm=clipnorm,
+                     steps_per_execution=steps_per_execution)  # fmt: skip
+        return model
+    import keras
 
     family = Family(family)
     check_family(family, shape, data_name="data")
@@ -134,21 +144,36 @@ def build_model(
     if shape.head is Head.CLASSIFICATION:
         # The outputs stay float32 under mixed precision (a float16 softmax loses precision).
         outputs = layers.Dense(shape.n_outputs, activation="softmax", dtype="float32")(x)
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     else:
         outputs = layers.Dense(shape.n_outputs, dtype="float32")(x)
-        loss, metrics = "mse", ["mae"]
     model = keras.Model(inputs, outputs, name=f"sweep_{family.value}")
+    _compile(model, params, shape, momentum=momentum, clipnorm=clipnorm, steps_per_execution=steps_per_execution)
+    return model
+
+
+def _compile(
+    model: keras.Model,
+    params: Hyperparams,
+    shape: ModelShape,
+    *,
+    momentum: float,
+    clipnorm: float | None,
+    steps_per_execution: int,
+) -> None:
+    """Compile with the trial's optimizer and learning rate and the task's loss and metric."""
+    if shape.head is Head.CLASSIFICATION:
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    else:
+        loss, metrics = "mse", ["mae"]
     model.compile(
         optimizer=make_optimizer(params.optimizer, params.learning_rate, momentum=momentum, clipnorm=clipnorm),
         loss=loss,
         metrics=metrics,
         steps_per_execution=steps_per_execution,
     )
-    return model
 
 
-def export_model(trained: keras.Model, *, shape: ModelShape, prepared: Prepared) -> keras.Model:
+def export_model(trained: keras.Model, *, shape: ModelShape, prepared: Prepared, nested: bool = False) -> keras.Model:
     """``trained`` as a model of the raw inputs: the scaling fitted on the training rows is inside it.
 
     The features are standardised by a ``Normalization`` layer holding the training rows'
@@ -156,6 +181,8 @@ def export_model(trained: keras.Model, *, shape: ModelShape, prepared: Prepared)
     input, as the trained model masked them on the scaled one); for regression a frozen
     ``Dense`` layer undoes the target scaling, so the outputs are in the data's own units.
     Only built-in Keras layers: ``keras.models.load_model`` reads the file without sweep.
+    A builder's model (``nested``), which need not be a chain of layers, is called whole
+    after the scaling (its own layers must load with plain Keras too).
     """
     import keras
     from keras import layers
@@ -172,7 +199,9 @@ def export_model(trained: keras.Model, *, shape: ModelShape, prepared: Prepared)
         variance=(prepared.x_scale.astype("float64") ** 2).tolist(),
         name="standardise_features",
     )(x)
-    for layer in trained.layers:
+    if nested:
+        x = trained(x)
+    for layer in () if nested else trained.layers:
         if isinstance(layer, layers.InputLayer | layers.Masking):
             continue  # the trained model's masking looked at scaled zeros; the mask now comes from the raw input
         x = layer(x)

@@ -68,10 +68,12 @@ class Objective:
             on_recorded: called once a trial's results are stored (the dashboard's note and
                 figure); returns the seconds it took, recorded as ``dashboard_seconds``.
         """
+        from sweep.builder import builder_of
         from sweep.data import baseline_loss, make_splits, prepare, repeat_seed
         from sweep.model import model_shape
 
         self.spec = spec
+        self.builder = builder_of(spec.model)
         self.before_trial = before_trial
         self.interrupt = interrupt
         self.abandoned = abandoned
@@ -163,6 +165,7 @@ class Objective:
             c, _ = fit_repeat(
                 params,
                 family=spec.model.family,
+                builder=self.builder,
                 shape=self.shape,
                 data=data,
                 max_epochs=spec.training.max_epochs,

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 SPEC = "sweep:spec"
 FINGERPRINT = "sweep:data_fingerprint"
+TRACEBACK = "sweep:traceback"
+"""Trial system attr: the traceback of a builder that raised (the terminal gets one line)."""
+BUILDER_FINGERPRINT = "sweep:builder_fingerprint"
+"""Study user attr: the hash of the ``model.builder`` module's file (absent for a built-in family)."""
 DATA = "sweep:data"
 TARGET = "sweep:n_trials"
 VERSIONS = "sweep:versions"

@@ -293,7 +293,10 @@ def _rank_rows(rows: Sequence[TrialRow], *, by: str, include_all: bool) -> list[
                 **{f: _num(a.get(f)) for f in NUMERIC_FIELDS},
                 diagnosis=a.get("diagnosis"),
                 hint=a.get("hint"),
-                params={k: r.params[k] for k in (*PARAM_NAMES, "layer_norm") if k in r.params},
+                params={
+                    **{k: r.params[k] for k in (*PARAM_NAMES, "layer_norm") if k in r.params},
+                    **r.params,  # and a builder's own parameters ([search.extra])
+                },
                 fail_reason=a.get(records.FAIL_REASON),
                 n_repeats=a.get("n_repeats") if isinstance(a.get("n_repeats"), int) else None,
                 stopped=a.get(records.STOPPED),

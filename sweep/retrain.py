@@ -94,6 +94,7 @@ def retrain_best(
         raise UserError(f"study {study_name!r} has no complete trial to retrain yet")
     top = ranked[0]
 
+    from sweep.builder import builder_of
     from sweep.data import PAD_VALUE, check_fingerprint, data_kwargs, load_dataset, make_splits, prepare, repeat_seed
     from sweep.model import export_model, model_shape
     from sweep.runner import default_workers
@@ -104,6 +105,9 @@ def retrain_best(
     dataset = load_dataset(**data_kwargs(spec.data))
     recorded = study.user_attrs.get(records.FINGERPRINT)
     check_fingerprint(dataset, recorded, section=spec.data, study_name=study.study_name)
+    builder = builder_of(spec.model)
+    if builder is not None:
+        builder.check(study.user_attrs.get(records.BUILDER_FINGERPRINT), study_name=study.study_name)
     configure_threads(threads or default_workers())
     base = repeat_seed(spec.study.seed, 0)
     (split,) = make_splits(dataset, n_splits=1, validation_fraction=spec.data.validation_fraction, seed=base)
@@ -117,6 +121,7 @@ def retrain_best(
         curves, model = fit_repeat(
             params,
             family=spec.model.family,
+            builder=builder,
             shape=shape,
             data=data,
             max_epochs=spec.training.max_epochs,
@@ -135,7 +140,7 @@ def retrain_best(
     trained = median_run[2]
     scores = trained.evaluate(data.x_valid, data.y_valid, verbose=0, return_dict=True)
     saved_valid = {str(k): float(v) for k, v in scores.items()}
-    export_model(trained, shape=shape, prepared=data).save(model_path)
+    export_model(trained, shape=shape, prepared=data, nested=builder is not None).save(model_path)
     runs.clear()
     release()
     means = top.repeat_means or []

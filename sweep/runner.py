@@ -31,6 +31,7 @@ from sweep.errors import (
     FatalError,
     Interrupted,
     SpecDriftError,
+    SpecError,
     StorageError,
     SweepError,
     UserError,
@@ -90,7 +91,19 @@ def _load_data(spec: StudySpec) -> Any:
     from sweep.model import check_family, model_shape
 
     dataset = load_dataset(**data_kwargs(spec.data))
-    check_family(spec.model.family, model_shape(dataset), data_name=spec.data.path or spec.data.source)
+    shape = model_shape(dataset)
+    if spec.model.family is not None:
+        check_family(spec.model.family, shape, data_name=spec.data.path or spec.data.source)
+        if spec.search.extra:
+            log.warning(
+                "search.extra: %s reach a model.builder only; model.family = %r ignores them",
+                ", ".join(spec.search.extra), spec.model.family,
+            )
+    elif shape.masked:
+        raise SpecError(
+            f"model.builder: got {spec.model.builder!r} with variable-length sequences (data.group); "
+            "a builder takes fixed-length samples for now: give data.lookback, or use a built-in family"
+        )
     make_splits(
         dataset,
         n_splits=spec.training.repeats,
@@ -158,10 +171,13 @@ def _prepare(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
     """:func:`prepare_study`, saying also what changed and what was queued again."""
     import optuna
 
+    from sweep.builder import builder_of
     from sweep.data import describe, fingerprint
 
     dataset = _load_data(spec)
     fp = fingerprint(dataset)
+    builder = builder_of(spec.model)
+    builder_fp = builder.fingerprint() if builder is not None else None
     storage = open_storage(url, **storage_options(spec))
     name = spec.study.name
     new = spec.to_json_dict()
@@ -178,6 +194,9 @@ def _prepare(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
         old_fp = study.user_attrs.get(records.FINGERPRINT)
         if old_fp != fp:
             changed.append(f"data fingerprint ({str(old_fp)[:12]} -> {fp[:12]})")
+        old_builder = study.user_attrs.get(records.BUILDER_FINGERPRINT)
+        if old_builder != builder_fp and builder_fp is not None and old_builder is not None:
+            changed.append(f"builder fingerprint ({old_builder[:12]} -> {builder_fp[:12]})")
         if changed and not allow_spec_change:
             raise SpecDriftError(
                 f"study {name!r} exists with a different spec: {'; '.join(changed)}. "
@@ -189,6 +208,8 @@ def _prepare(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
             history.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), "changed": changed})
             study.set_user_attr(records.SPEC_CHANGES, history)
             study.set_user_attr(records.FINGERPRINT, fp)
+            if builder_fp is not None:
+                study.set_user_attr(records.BUILDER_FINGERPRINT, builder_fp)
         study.set_user_attr(records.SPEC, new)
         study.set_user_attr(records.TARGET, spec.study.n_trials)
         requeued = requeue_interrupted(study, enqueue=not changed)
@@ -204,6 +225,8 @@ def _prepare(spec: StudySpec, *, url: str, allow_spec_change: bool) -> Prepared:
         _wait_for_spec(name, storage)
         return _prepare(spec, url=url, allow_spec_change=allow_spec_change)
     study.set_user_attr(records.FINGERPRINT, fp)
+    if builder_fp is not None:
+        study.set_user_attr(records.BUILDER_FINGERPRINT, builder_fp)
     study.set_user_attr(records.DATA, describe(dataset))
     study.set_user_attr(records.TARGET, spec.study.n_trials)
     study.set_user_attr(records.VERSIONS, _versions())
@@ -774,8 +797,9 @@ def _relay(
         if line in MARKERS:
             events.put((line, slot, ""))
             continue
-        if line.startswith("error: "):
+        if line.startswith("error: "):  # the sweep ends with this line (exit 1 or 2), printed once by the supervisor
             events.put(("error", slot, line.removeprefix("error: ")))
+            continue
         if on_output is not None:
             on_output(slot, line)
         else:

@@ -50,6 +50,9 @@ FAMILIES: tuple[str, ...] = ("lstm", "gru", "dense")
 SOURCES: tuple[str, ...] = ("digits", "mackey_glass", "breast_cancer", "diabetes", "csv", "npz")
 TASKS: tuple[str, ...] = ("classification", "regression", "forecast")
 
+BUILDER_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+"""The form of ``model.builder``: a module (dotted) and a function in it."""
+
 DEFAULT_STORAGE = "sqlite:///sweep.db"
 """Where a study lives when neither ``--storage``, ``SWEEP_STORAGE`` nor the study file says."""
 
@@ -138,9 +141,9 @@ _RULES: dict[str, _Rule] = {
 _ALLOWED_FORMS = "a constant, a list of choices, or a range {low, high, log, step}"
 
 
-def _scalar(name: str, value: Any) -> Any:
+def _scalar(name: str, value: Any, rule: _Rule | None = None) -> Any:
     """Check one value against the parameter's rule and return it normalised."""
-    rule = _RULES[name]
+    rule = rule or _RULES[name]
     if rule.kind == "str":
         if not isinstance(value, str) or value not in rule.allowed:
             raise ValueError(f"got {value!r}; allowed: {rule.describe()}")
@@ -170,19 +173,49 @@ def _scalar(name: str, value: Any) -> Any:
     return value
 
 
-def parse_param(name: str, raw: Any) -> Param:
+def _extra_scalar(name: str, value: Any) -> Any:
+    if isinstance(value, bool | str) or (isinstance(value, int | float) and math.isfinite(value)):
+        return value
+    raise ValueError(f"got {_show(value)}; allowed: a number, a string or true/false ({_ALLOWED_FORMS})")
+
+
+def parse_extra(name: str, raw: Any) -> Param:
+    """One ``[search.extra]`` entry: a constant, a list of choices, or an int/float range.
+
+    A range is of integers when ``low`` and ``high`` are both integers.
+
+    Raises:
+        ValueError: with a message naming the value and what is allowed.
+    """
+    if isinstance(raw, list | tuple):
+        if not raw:
+            raise ValueError("got an empty list; give at least one choice")
+        values = tuple(_extra_scalar(name, v) for v in raw)
+        if len({(type(v), v) for v in values}) != len(values):
+            raise ValueError(f"got {_show(list(raw))}; choices must be distinct")
+        return Fixed(values[0]) if len(values) == 1 else Choice(values)
+    if isinstance(raw, dict):
+        bounds = [raw.get("low"), raw.get("high")]
+        if any(isinstance(b, bool) or not isinstance(b, int | float) for b in bounds if b is not None):
+            raise ValueError(f"got {_show(raw)}; a range's low and high are numbers")
+        integer = all(isinstance(b, int) for b in bounds) and not isinstance(raw.get("step", 1), float)
+        return parse_param(name, raw, _Rule("int" if integer else "float"))
+    return Fixed(_extra_scalar(name, raw))
+
+
+def parse_param(name: str, raw: Any, rule: _Rule | None = None) -> Param:
     """Turn one ``[search]`` entry into a :class:`Fixed`, :class:`Choice` or :class:`Range`.
 
     Raises:
         ValueError: with a message naming the value and what is allowed.
     """
-    rule = _RULES[name]
+    rule = rule or _RULES[name]
     if isinstance(raw, Fixed | Choice | Range):
         return raw
     if isinstance(raw, list | tuple):
         if not raw:
             raise ValueError(f"got an empty list; give at least one choice ({rule.describe()})")
-        values = tuple(_scalar(name, v) for v in raw)
+        values = tuple(_scalar(name, v, rule) for v in raw)
         if len(set(values)) != len(values):
             raise ValueError(f"got {list(raw)!r}; choices must be distinct")
         return Fixed(values[0]) if len(values) == 1 else Choice(values)
@@ -196,7 +229,7 @@ def parse_param(name: str, raw: Any) -> Param:
             )
         if "low" not in raw or "high" not in raw:
             raise ValueError(f"got {raw!r}; a range needs both 'low' and 'high'")
-        low, high = _scalar(name, raw["low"]), _scalar(name, raw["high"])
+        low, high = _scalar(name, raw["low"], rule), _scalar(name, raw["high"], rule)
         log = raw.get("log", False)
         if not isinstance(log, bool):
             raise ValueError(f"got log={log!r}; allowed: true or false")
@@ -219,7 +252,7 @@ def parse_param(name: str, raw: Any) -> Param:
             step = int(step) if rule.kind == "int" else float(step)
         return Range(low=low, high=high, integer=rule.kind == "int", log=log, step=step)
     try:
-        return Fixed(_scalar(name, raw))
+        return Fixed(_scalar(name, raw, rule))
     except ValueError as exc:
         raise ValueError(f"{exc} (as {_ALLOWED_FORMS})") from None
 
@@ -317,6 +350,8 @@ class DataSection(_Section):
     lookback: int | None = Field(default=None, ge=1)
     horizon: int = Field(default=1, ge=1)
     group: str | None = None
+    order_by: str | None = None
+    """A column (dates or numbers) that orders a series, or each group's rows (CSV)."""
     length: int | None = Field(default=None, ge=50)
     validation_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
@@ -354,7 +389,29 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    family: Literal["lstm", "gru", "dense"]
+    """A built-in ``family``, or the user's own ``builder`` (``module:function``, see :mod:`sweep.builder`)."""
+
+    family: Literal["lstm", "gru", "dense"] | None = None
+    builder: str | None = None
+    path: str | None = None
+    """The folder the builder's module is looked for in first (default: the study file's folder)."""
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, value: str | None) -> str | None:
+        if value is not None and not BUILDER_REF.fullmatch(value):
+            raise ValueError(f"got {value!r}; allowed: 'module:function', a Python module and a function in it")
+        return value
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSection:
+        if (self.family is None) == (self.builder is None):
+            raise _FieldError(
+                ("model", "family" if self.family is None else "builder"),
+                "give either family (lstm, gru, dense) or builder ('module:function'), not "
+                + ("neither" if self.family is None else "both"),
+            )
+        return self
 
 
 class SearchSection(_Section):
@@ -367,19 +424,48 @@ class SearchSection(_Section):
     dropout: Any = Field(default_factory=lambda: Range(0.0, 0.5, integer=False))
     l2: Any = Field(default_factory=lambda: Fixed(0.0))
     layer_norm: Any = Field(default_factory=lambda: Fixed(False))
+    extra: Any = Field(default_factory=dict)
+    """``[search.extra]``: the builder's own parameters, by name (same forms as the eight)."""
 
-    @field_validator("*", mode="before")
+    @field_validator(*PARAM_NAMES, "layer_norm", mode="before")
     @classmethod
     def _parse(cls, raw: Any, info: Any) -> Param:
         return parse_param(info.field_name, raw)
 
-    @field_serializer("*")
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _extra(cls, raw: Any) -> dict[str, Param]:
+        if not isinstance(raw, dict):
+            raise ValueError(f"got {_show(raw)}; allowed: a table of parameter names and their forms")
+        out: dict[str, Param] = {}
+        for name, value in raw.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_]\w{0,63}", name):
+                raise _FieldError(("search", "extra"), f"got the name {name!r}; allowed: a Python identifier")
+            if name in PARAM_NAMES or name == "layer_norm":
+                raise _FieldError(
+                    ("search", "extra", name), f"{name!r} is one of the eight: set it in [search], not [search.extra]"
+                )
+            try:
+                out[name] = parse_extra(name, value)
+            except ValueError as exc:
+                raise _FieldError(("search", "extra", name), str(exc)) from None
+        return out
+
+    @field_serializer(*PARAM_NAMES, "layer_norm")
     def _dump(self, value: Param) -> Any:
         return value.to_raw()
 
+    @field_serializer("extra")
+    def _dump_extra(self, value: dict[str, Param]) -> Any:
+        return {name: p.to_raw() for name, p in value.items()}
+
     def params(self) -> dict[str, Param]:
-        """Every searchable parameter (the eight names plus ``layer_norm``) by name."""
-        return {name: getattr(self, name) for name in type(self).model_fields}
+        """Every built-in searchable parameter (the eight names plus ``layer_norm``) by name."""
+        return {name: getattr(self, name) for name in (*PARAM_NAMES, "layer_norm")}
+
+    def extras(self) -> dict[str, Param]:
+        """The ``[search.extra]`` parameters by name."""
+        return dict(self.extra)
 
 
 class TrainingSection(_Section):
@@ -578,6 +664,7 @@ class StudySpec(_Section):
         dumped = self.to_json_dict()
         view = {section: dumped[section] for section in DRIFT_SECTIONS}
         view["data"].pop("path")  # where the file lies may differ; its content is fingerprinted
+        view["model"].pop("path")  # the same for the builder's module
         view["study.objective"] = dumped["study"]["objective"]
         return view
 
@@ -651,7 +738,10 @@ def load_spec(
     for key, value in (updates or {}).items():
         if value is not None:
             _set_path(raw, key, value, origin=f"--{key.split('.')[-1].replace('_', '-')}")
-    for section, key in (("data", "path"), ("dashboard", "artifacts")):
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("builder"), str) and "path" not in model:
+        model["path"] = str(file.parent.resolve())  # the builder's module lies beside the study file
+    for section, key in (("data", "path"), ("dashboard", "artifacts"), ("model", "path")):
         table = raw.get(section)
         if isinstance(table, dict) and isinstance(table.get(key), str) and "://" not in table[key]:
             given = Path(table[key]).expanduser()

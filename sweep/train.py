@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sweep.builder import Builder
     from sweep.data import Prepared
     from sweep.model import Family, ModelShape
     from sweep.space import Hyperparams
@@ -123,7 +124,7 @@ def set_mixed_precision(enabled: bool) -> None:
 def fit_repeat(
     params: Hyperparams,
     *,
-    family: Family | str,
+    family: Family | str | None,
     shape: ModelShape,
     data: Prepared,
     max_epochs: int,
@@ -135,6 +136,7 @@ def fit_repeat(
     on_epoch: EpochHook | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep_model: bool = False,
+    builder: Builder | None = None,
 ) -> tuple[Curves, Any]:
     """Train one model and return its curves (and the model when ``keep_model``).
 
@@ -156,6 +158,7 @@ def fit_repeat(
         momentum=momentum,
         clipnorm=clipnorm,
         steps_per_execution=steps_per_execution,
+        builder=builder,
     )
     recorder = _Recorder(on_epoch, should_stop)
     callbacks: list[Any] = [recorder.callback()]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweep import ledger, records
 from sweep.allocation import Action, Decision
+from sweep.builder import BuilderError
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
 from sweep.liveness import Liveness, TakenOver, taken_over
 from sweep.outage import OutageTimeout, gave_up, is_outage, retry
@@ -108,6 +109,7 @@ def run_worker(
     device = describe(assigned, prepare_gpus())  # memory growth on, before any work
     if device != assigned:
         log.warning("%s: TensorFlow sees no GPU; training on the CPU", device.split("(", 1)[1].rstrip(")"))
+    from sweep.builder import builder_of
     from sweep.dashboard import artifact_store, refresh_study, write_trial
     from sweep.data import check_fingerprint, data_kwargs, load_dataset
     from sweep.objective import Objective
@@ -131,6 +133,9 @@ def run_worker(
     dataset = load_dataset(**data_kwargs(spec.data))
     recorded = study.user_attrs.get(records.FINGERPRINT)
     check_fingerprint(dataset, recorded, section=spec.data, study_name=study.study_name)
+    builder = builder_of(spec.model)
+    if builder is not None:  # a builder this machine lacks, or another version of it: one line, exit 2
+        builder.check(study.user_attrs.get(records.BUILDER_FINGERPRINT), study_name=study.study_name)
     base_seed = spec.study.seed
     existing = len(study.get_trials(deepcopy=False))
     # Every process needs its own sampler stream, or processes started together (compose
@@ -446,6 +451,12 @@ def _guarded(objective: Any, signals: _Signals, alive: Liveness) -> Any:
                           "queued again when the study is resumed.")
             raise
         except (TrialFailed, optuna.TrialPruned, OutageTimeout):
+            raise
+        except BuilderError as exc:  # the user's builder: one line, exit 2, the traceback kept on the trial
+            records.set_attrs(trial, {records.FAIL_REASON: FailReason.ERROR.reason(str(exc))[:500]})
+            if exc.details:
+                trial.storage.set_trial_system_attr(trial._trial_id, records.TRACEBACK, exc.details[-20000:])
+            _failure_note(trial, f"Error: {exc}\n\n```\n{exc.details}\n```" if exc.details else f"Error: {exc}")
             raise
         except _storage_errors() as exc:
             if is_outage(exc):

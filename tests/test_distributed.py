@@ -59,7 +59,7 @@ def test_two_workers_on_one_sqlite_file_never_lock(tmp_path: Path) -> None:
 
 def test_killed_worker_trial_fails_after_grace_and_is_retried(postgres_url: str, tmp_path: Path) -> None:
     extra = "\n[worker]\nheartbeat_interval = 1\ngrace_period = 4\nmax_retries = 2\n"
-    study = cheap_study(tmp_path, name="killed", n_trials=2, epochs=150, extra=extra)
+    study = cheap_study(tmp_path, name="killed", n_trials=2, epochs=60, extra=extra)
     text = study.read_text().replace("patience = 3", "patience = 0")
     study.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study), "--storage", postgres_url, "-q"],

@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from sweep.errors import SpecError, UserError
+from sweep.errors import DataError, SpecError, UserError
 from sweep.spec import (
     PARAM_NAMES,
     Choice,
@@ -808,6 +808,63 @@ def test_a_study_file_names_its_feature_columns_with_a_toml_array(tmp_path: Path
     assert spec.data.features == ("month", "sst")
     ds = load_dataset(**data_kwargs(spec.data))
     assert ds.X.shape[1:] == (6, 2)
+
+
+_SHAPES = {
+    # (the [data] lines, the shape of one sample): a CSV with a date and a station column the model never reads
+    "tabular": ('task = "regression"\ntarget = "y"\nfeatures = ["a", "b"]', (2,)),
+    "series": ('task = "forecast"\ntarget = "y"\nfeatures = ["a", "y"]\nlookback = 5', (5, 2)),
+    "grouped sequences": ('task = "regression"\ntarget = "y"\nfeatures = ["a", "b"]\ngroup = "station"', (10, 2)),
+}
+
+
+@pytest.mark.parametrize("shape", list(_SHAPES))
+def test_features_in_a_study_file_read_the_named_columns_of_each_data_shape(tmp_path: Path, shape: str) -> None:
+    from sweep.data import data_kwargs, load_dataset
+
+    rows = "".join(f"2020-01-{d % 28 + 1:02d},s{d // 10},{d * 0.1},{(d * 7) % 5},{d % 3 + 0.5}\n" for d in range(60))
+    (tmp_path / "obs.csv").write_text("date,station,a,b,y\n" + rows, encoding="utf-8")
+    lines, sample = _SHAPES[shape]
+    spec = load_spec(write_study(tmp_path, study_text(data=f'source = "csv"\npath = "obs.csv"\n{lines}')))
+    ds = load_dataset(**data_kwargs(spec.data))
+    assert ds.X.shape[1:] == sample
+    # A named column that is not numeric: one line naming it and a value from it.
+    named_date = lines.replace('"a"', '"date"')
+    bad = study_text(data=f'source = "csv"\npath = "obs.csv"\n{named_date}')
+    with pytest.raises(DataError) as refused:
+        load_dataset(**data_kwargs(load_spec(write_study(tmp_path, bad)).data))
+    assert "'date'" in str(refused.value) and "2020-01-01" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_date_column_orders_a_series_and_each_group(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from sweep.data import data_kwargs, load_dataset
+
+    rows = [f"2021-{m // 28 + 1:02d}-{m % 28 + 1:02d},s{m % 3},{m * 0.5},{m % 7}\n" for m in range(84)]
+    (tmp_path / "sorted.csv").write_text("date,station,a,y\n" + "".join(rows), encoding="utf-8")
+    random.Random(3).shuffle(rows)
+    (tmp_path / "shuffled.csv").write_text("date,station,a,y\n" + "".join(rows), encoding="utf-8")
+
+    def load(file: str, lines: str) -> np.ndarray:
+        text = study_text(data=f'source = "csv"\npath = "{file}"\ntarget = "y"\nfeatures = ["a"]\n{lines}')
+        return load_dataset(**data_kwargs(load_spec(write_study(tmp_path, text)).data)).X
+
+    series = 'task = "forecast"\nlookback = 4'
+    grouped = 'task = "regression"\ngroup = "station"'
+    for lines in (series, grouped):
+        assert np.array_equal(load("shuffled.csv", lines + '\norder_by = "date"'), load("sorted.csv", lines))
+        assert not np.array_equal(load("shuffled.csv", lines), load("sorted.csv", lines))
+    with pytest.raises(DataError, match=r"data\.order_by: orders a series; use it with data\.lookback or data\.group"):
+        load("sorted.csv", 'task = "regression"\norder_by = "date"')
+    with pytest.raises(DataError) as refused:
+        load("sorted.csv", series + '\norder_by = "station"')
+    assert str(refused.value) == (
+        f"data.order_by: '{tmp_path / 'sorted.csv'}' column 'station' row 2 is 's0'; "
+        "allowed: numbers or ISO dates and times (2024-01-31, 2024-01-31T12:00)"
+    )
 
 
 @pytest.mark.parametrize(
