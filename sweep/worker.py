@@ -379,10 +379,11 @@ def _settle(
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
     """Errors raised by the storage layer (see :func:`is_outage` for which mean it is unreachable)."""
+    import grpc  # type: ignore[import-untyped]
     import optuna
     from sqlalchemy.exc import DBAPIError
 
-    return (DBAPIError, optuna.exceptions.StorageInternalError)
+    return (DBAPIError, optuna.exceptions.StorageInternalError, grpc.RpcError)  # the last: through sweep proxy
 
 
 def _log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -586,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     except _storage_errors() as exc:
         from sweep.storage import mask, scrub
 
-        reason = scrub(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
+        details = getattr(exc, "details", None)  # a gRPC error's own words (its str() is many lines)
+        text = str(details() if callable(details) else exc)
+        reason = scrub(text.splitlines()[0] if text else type(exc).__name__, url)
         if not is_outage(exc):
             print(f"error: the storage {mask(url)} refused an operation: {reason}", file=sys.stderr)
             return WorkerExit.ERROR
