@@ -417,6 +417,38 @@ def rank_(
 
 
 @app.command()
+def fix(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
+    storage: StorageOpt = None,
+    top: Annotated[
+        int, typer.Option("--top", min=1, metavar="K", help="Fix the K best-ranked trials that have a problem.")
+    ] = 3,
+) -> None:
+    """Queue each unstable trial's configuration with its remedy applied (the diagnosis's hint, as parameters).
+
+    The next 'sweep run' or 'sweep worker' trains the queued fixes first; 'sweep rank' shows
+    each beside the trial it fixes. Running it again queues nothing twice.
+    """
+    with _errors():
+        from sweep.fixes import queue_fixes
+        from sweep.storage import resolve_url
+
+        fixes = queue_fixes(study_name, url=resolve_url(storage), top=top)
+        if not fixes:
+            out.print(f"{study_name}: no complete trial has a problem to fix", markup=False)
+            return
+        for f in fixes:
+            out.print(f.line(), markup=False, soft_wrap=True)
+        new = sum(f.queued is not None and not f.reason for f in fixes)
+        if new:
+            out.print(
+                f"{new} queued: the next 'sweep run' or 'sweep worker {study_name}' trains them first "
+                "(raise --n-trials if the study has reached its target)",
+                markup=False,
+            )
+
+
+@app.command()
 def best(
     study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
     storage: StorageOpt = None,
@@ -592,6 +624,20 @@ def _print_rank_table(study_name: str, rows: list[Any], *, wide: bool, used: str
         if r.diagnosis not in (None, "stable") or r.fail_reason:
             out.print(f"#{r.number} {r.diagnosis or r.state.lower()}: {r.hint or r.fail_reason}", markup=False,
                       soft_wrap=wide)  # fmt: skip
+    by_number = {r.number: r for r in rows}
+    for r in rows:
+        if r.fixes is not None:
+            out.print(_fix_line(r, by_number.get(r.fixes)), markup=False, soft_wrap=wide)
+
+
+def _fix_line(fix: Any, original: Any) -> str:
+    """``#12 fixes #5 (oscillating): score 0.21 against 0.25, better by 0.04``."""
+    head = f"#{fix.number} fixes #{fix.fixes}"
+    if original is None or fix.score is None or original.score is None:
+        return f"{head}: score {_fmt(fix.score)}"
+    delta = original.score - fix.score
+    verdict = f"better by {_fmt(delta)}" if delta > 0 else f"worse by {_fmt(-delta)}" if delta < 0 else "the same"
+    return f"{head} ({original.diagnosis}): score {_fmt(fix.score)} against {_fmt(original.score)}, {verdict}"
 
 
 def _write_csv(rows: list[Any]) -> None:

@@ -30,7 +30,7 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "gap",
     "repeat_spread",
 )
-_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED, ledger.VERIFIES)
+_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED, ledger.VERIFIES, records.FIXES)
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
@@ -57,6 +57,8 @@ class RankedTrial:
     stopped: str | None = None
     repeat_means: list[float] | None = None
     """Each repeat's tail mean (the spread a retrain is judged against)."""
+    fixes: int | None = None
+    """The trial whose diagnosis this configuration remedies (queued by ``sweep fix``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,8 +205,9 @@ def rank(
         spec = stored_spec(study.name, study.user_attrs)
         tail = tail or spec.stability.tail
         rows = [_rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail) for r in rows]
+    fixes = {r.number: r.attrs[records.FIXES] for r in rows if isinstance(r.attrs.get(records.FIXES), int)}
     rows = _judge_spreads(_latest(rows), study, tail=tail)
-    ranked = _rank_rows(rows, by=by, include_all=include_all)
+    ranked = _rank_rows(rows, by=by, include_all=include_all, fixes=fixes)
     return ranked[:top] if top else ranked
 
 
@@ -272,7 +275,11 @@ def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = No
     return out
 
 
-def _rank_rows(rows: Sequence[TrialRow], *, by: str, include_all: bool) -> list[RankedTrial]:
+def _rank_rows(
+    rows: Sequence[TrialRow], *, by: str, include_all: bool, fixes: dict[int, int] | None = None
+) -> list[RankedTrial]:
+    """The ranking; ``fixes`` maps a fix's trial to the trial it remedies (a verification inherits it)."""
+    fixes = fixes or {}
     chosen = [r for r in rows if include_all or r.state == "COMPLETE"]
 
     def key(r: TrialRow) -> tuple[int, int, float, int]:
@@ -301,6 +308,7 @@ def _rank_rows(rows: Sequence[TrialRow], *, by: str, include_all: bool) -> list[
                 n_repeats=a.get("n_repeats") if isinstance(a.get("n_repeats"), int) else None,
                 stopped=a.get(records.STOPPED),
                 repeat_means=_nums(a.get("repeat_means")),
+                fixes=fixes.get(r.number, fixes.get(a.get(ledger.VERIFIES, -1))),
             )
         )
     return out

@@ -72,6 +72,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from sweep.remedy import REMEDIES
+
 __all__ = [
     "BASELINE_TOLERANCE",
     "DEGRADATION_TOLERANCE",
@@ -141,23 +143,8 @@ class Diagnosis(str, enum.Enum):
         return self.value
 
 
-HINTS: dict[Diagnosis, str] = {
-    Diagnosis.STABLE: "nothing to change",
-    Diagnosis.NOT_LEARNING: (
-        "raise the learning rate or the units, lower dropout and L2, or check that the features carry the target"
-    ),
-    Diagnosis.OVERFITTING: (
-        "add dropout or L2 regularisation, stop earlier (smaller patience), or use fewer units"
-    ),
-    Diagnosis.OSCILLATING: "lower the learning rate or use a larger batch",
-    Diagnosis.DIVERGED: "lower the learning rate, add LayerNormalization, or use adam/rmsprop or gradient clipping",
-    Diagnosis.UNDERFITTING: "train for more epochs, use more units, or raise the learning rate",
-    Diagnosis.UNSTABLE_ACROSS_REPEATS: (
-        "use a smaller learning rate, a larger batch, or stronger regularisation"
-    ),
-    Diagnosis.PRUNED: "no advice: it was not trained to the end",
-}
-"""The remedy for each diagnosis; :attr:`Summary.hint` ends with it."""
+HINTS: dict[Diagnosis, str] = {d: REMEDIES[d.value].hint() for d in Diagnosis}
+"""The remedy for each diagnosis (:data:`sweep.remedy.REMEDIES`); :attr:`Summary.hint` ends with it."""
 
 RULES: tuple[tuple[Diagnosis, str], ...] = (
     (

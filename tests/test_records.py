@@ -11,7 +11,7 @@ import pytest
 from sweep import records
 from sweep.objective import curves_attr
 from sweep.records import FailReason, StoredCurves, compact, counts, expand, rescore, summary_attrs
-from sweep.stability import summarize
+from sweep.stability import HINTS, Diagnosis, summarize
 from sweep.train import Curves, Stop
 
 
@@ -138,7 +138,7 @@ def test_user_attrs_fit_one_line_and_the_rest_is_kept_whole_in_system_attrs() ->
         assert not isinstance(value, list), key
     assert set(system) == {f"sweep:{k}" for k in (*records.PER_REPEAT, "hint", records.FAIL_REASON)}
     # The hint's user attr is what to change; the whole text (with the evidence) is a system attr.
-    assert user["hint"] == "train for more epochs, use more units, or raise the learning rate"
+    assert user["hint"] == HINTS[Diagnosis.UNDERFITTING]
     assert attrs["hint"].endswith(": " + user["hint"])
     assert user[records.FAIL_REASON] == attrs[records.FAIL_REASON][: records.USER_TEXT_MAX - 1] + "…"
     assert FailReason.of(user[records.FAIL_REASON]) is FailReason.ERROR

@@ -276,7 +276,7 @@ CASES: dict[str, tuple[Curves, Curves | None, Diagnosis, tuple[str, ...]]] = {
         [[*FALLING[:5], math.nan]],
         None,
         Diagnosis.DIVERGED,
-        ("lower the learning rate", "LayerNormalization", "clipping", "NaN"),
+        ("lower the learning rate (/10)", "LayerNormalization", "training.clipnorm", "NaN"),
     ),
     "diverged_by_inf_in_train": (
         [FALLING],
@@ -288,19 +288,19 @@ CASES: dict[str, tuple[Curves, Curves | None, Diagnosis, tuple[str, ...]]] = {
         [[1.0, 0.9, 1.5, 3.0, 6.0, 12.0, 24.0]],
         None,
         Diagnosis.DIVERGED,
-        ("lower the learning rate", "LayerNormalization", "gradient clipping"),
+        ("lower the learning rate", "LayerNormalization", "training.clipnorm"),
     ),
     "underfitting": (
         [FALLING],
         [TRAIN_FALLING],
         Diagnosis.UNDERFITTING,
-        ("more epochs", "more units", "raise the learning rate"),
+        ("more epochs", "more units (x2)", "raise the learning rate (x3)"),
     ),
     "unstable_across_repeats": (
         [SETTLED, [x * 1.6 for x in SETTLED], [x * 0.7 for x in SETTLED]],
         None,
         Diagnosis.UNSTABLE_ACROSS_REPEATS,
-        ("smaller learning rate", "larger batch", "regularisation", "per-split medians"),
+        ("lower the learning rate (/3)", "larger batch (x2)", "strengthen L2 (x10)", "per-split medians"),
     ),
     "harder_split_is_not_unstable": (
         [SETTLED, [x * 1.6 for x in SETTLED], [x * 0.7 for x in SETTLED]],
