@@ -100,6 +100,9 @@ class Dataset:
     lengths: np.ndarray | None
     classes: tuple[str, ...] | None
     time_ordered: bool
+    target_feature: int | None = None
+    """In windows of a series whose target is also an input: the feature that holds the target's
+    past values, so that the last value is a forecast to beat (:func:`baseline_loss`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, Task):
@@ -119,6 +122,10 @@ class Dataset:
             self.X.ndim != 3 or self.lengths.dtype != np.int64 or self.lengths.shape != self.X.shape[:1]
         ):
             raise ValueError("Dataset.lengths must be int64 (n,) and only with 3-D X")
+        if self.target_feature is not None and not (
+            self.X.ndim == 3 and self.y.ndim == 1 and 0 <= self.target_feature < self.X.shape[-1]
+        ):
+            raise ValueError("Dataset.target_feature must name a feature of 3-D X, with one target")
 
     @property
     def n_classes(self) -> int | None:
@@ -160,6 +167,8 @@ class Prepared:
     x_scale: np.ndarray
     y_mean: np.ndarray | None
     y_scale: np.ndarray | None
+    target_feature: int | None = None
+    """As :attr:`Dataset.target_feature`."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -396,6 +405,7 @@ def _load_mackey_glass(*, length: int | None, lookback: int | None, horizon: int
         lengths=None,
         classes=None,
         time_ordered=True,
+        target_feature=0,
     )
 
 
@@ -638,9 +648,10 @@ def _load_csv(
         matrix = np.stack([_numbers(table, name, every, what=feature_hint) for name in inputs], axis=1)
         x, window_ends = _windows(matrix, lookback=window, horizon=ahead)
         y = _regression_targets(table, targets, window_ends.tolist(), single=isinstance(target, str))
+        own = inputs.index(targets[0]) if isinstance(target, str) and targets[0] in inputs else None
         return Dataset(
             name=Path(path).name, task=task, X=np.ascontiguousarray(x, dtype=np.float32), y=y,
-            lengths=None, classes=None, time_ordered=True,
+            lengths=None, classes=None, time_ordered=True, target_feature=own,
         )
 
     matrix = np.stack([_numbers(table, name, range(n_rows), what=feature_hint) for name in inputs], axis=1)
@@ -1103,6 +1114,7 @@ def prepare(ds: Dataset, split: Split) -> Prepared:
         x_scale=x_scale.astype(np.float32),
         y_mean=y_mean,
         y_scale=y_scale,
+        target_feature=ds.target_feature,
     )
 
 
@@ -1114,7 +1126,10 @@ def baseline_loss(data: Prepared) -> float:
     probability 1e-7, Keras' epsilon). Regression and forecasting: the mean
     squared error of predicting the training mean, in the standardised units
     the model is trained in (about 1.0 when the validation targets look like
-    the training targets).
+    the training targets). A forecast whose window holds the target's past
+    values (:attr:`Prepared.target_feature`) must also beat the last value
+    (persistence, what every forecaster compares against): the baseline is
+    the lower of the two errors.
     """
     if data.y_mean is None:
         k = int(max(data.y_train.max(), data.y_valid.max())) + 1
@@ -1123,7 +1138,13 @@ def baseline_loss(data: Prepared) -> float:
         return float(-np.log(prior[data.y_valid]).mean())
     train = data.y_train.astype(np.float64)
     valid = data.y_valid.astype(np.float64)
-    return float(((valid - train.mean(axis=0)) ** 2).mean())
+    mean = float(((valid - train.mean(axis=0)) ** 2).mean())
+    f = data.target_feature
+    if f is None or data.y_scale is None or valid.ndim != 1:
+        return mean
+    last = data.x_valid[:, -1, f].astype(np.float64) * float(data.x_scale[f]) + float(data.x_mean[f])
+    persistence = (last - float(data.y_mean)) / float(data.y_scale)  # in the targets' standardised units
+    return min(mean, float(((valid - persistence) ** 2).mean()))
 
 
 def data_kwargs(section: DataSection) -> dict[str, Any]:

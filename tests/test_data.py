@@ -525,3 +525,35 @@ def test_holdout_needs_a_validation_row_per_class(tmp_path: Path) -> None:
     )
     (split,) = make_splits(ds, n_splits=1, validation_fraction=0.25)
     assert set(ds.y[split.valid].tolist()) == {0, 1, 2}
+
+
+def test_a_forecast_must_beat_the_last_value_as_well_as_the_mean(tmp_path: Path) -> None:
+    """On a random walk the last value forecasts far better than the mean: it is the baseline to beat."""
+    from sweep.data import baseline_loss, load_dataset, make_splits, prepare
+    from sweep.stability import Diagnosis, summarize
+
+    walk = np.cumsum(np.random.default_rng(5).normal(size=300)) + 50
+    rows = "".join(f"2000-01-{i % 28 + 1:02d},{v:.4f},{i % 7}\n" for i, v in enumerate(walk))
+    (tmp_path / "walk.csv").write_text("date,level,weekday\n" + rows)
+    ds = load_dataset(source="csv", path=str(tmp_path / "walk.csv"), task="forecast", target="level",
+                      features=["level"], lookback=5)  # fmt: skip
+    assert ds.target_feature == 0
+    (split,) = make_splits(ds, n_splits=1, validation_fraction=0.2)
+    data = prepare(ds, split)
+    # The two forecasts that learned nothing, computed here from the raw rows, in the trained-on units.
+    target, last = ds.y[split.valid].astype(np.float64), ds.X[split.valid, -1, 0].astype(np.float64)
+    scale, mean = float(data.y_scale), float(data.y_mean)  # type: ignore[arg-type]
+    persistence = float((((target - last) / scale) ** 2).mean())
+    train_mean = float((((target - ds.y[split.train].mean()) / scale) ** 2).mean())
+    assert persistence < train_mean / 10
+    assert baseline_loss(data) == pytest.approx(persistence, rel=1e-4)
+    # A trial that ends no better than the last value has learned nothing, however far below the mean.
+    flat = [persistence * 2, persistence * 1.2, *[persistence * 0.95] * 8]
+    assert summarize([flat], baseline=baseline_loss(data)).diagnosis is Diagnosis.NOT_LEARNING
+    assert summarize([flat], baseline=train_mean).diagnosis is not Diagnosis.NOT_LEARNING
+    assert mean == pytest.approx(float(ds.y[split.train].mean()), rel=1e-5)
+    # Without the target among the inputs there is no last value: the mean is the baseline.
+    blind = load_dataset(source="csv", path=str(tmp_path / "walk.csv"), task="forecast", target="level",
+                         features=["weekday"], lookback=5)  # fmt: skip
+    assert blind.target_feature is None
+    assert baseline_loss(prepare(blind, split)) == pytest.approx(train_mean, rel=1e-4)
