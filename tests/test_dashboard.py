@@ -383,6 +383,27 @@ def test_guarded_logs_an_exception_and_carries_on(caplog: pytest.LogCaptureFixtu
     ]
 
 
+def test_guarded_says_a_many_line_error_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A gRPC error from the proxy prints five lines; its details are what the line needs."""
+    import grpc
+
+    from sweep.outage import is_outage
+    from tests.helpers import free_port
+
+    caplog.set_level(logging.WARNING, logger="sweep.dashboard")
+    channel = grpc.insecure_channel(f"127.0.0.1:{free_port()}")  # nothing listens there
+    call = channel.unary_unary("/x/y", request_serializer=bytes, response_deserializer=bytes)
+    with guarded("the study's ranking"):
+        try:
+            call(b"", timeout=5)
+        except grpc.RpcError as exc:
+            assert is_outage(exc) and len(str(exc).splitlines()) > 1
+            raise
+    (record,) = caplog.records
+    assert record.getMessage().startswith("dashboard: could not write the study's ranking: _InactiveRpcError: ")
+    assert "\n" not in record.getMessage()
+
+
 def test_guarded_lets_an_interrupt_through() -> None:
     with pytest.raises(KeyboardInterrupt), guarded("anything"):
         raise KeyboardInterrupt
