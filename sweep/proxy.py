@@ -24,9 +24,17 @@ def make_server(storage: optuna.storages.BaseStorage, *, url: str, host: str, po
     """A gRPC server (not started) for ``storage`` (opened from ``url``) on ``host:port``, as Optuna's,
     with the database's outages said as such."""
     import grpc
+    import optuna
     from optuna.storages._grpc.auto_generated import api_pb2_grpc
     from optuna.storages._grpc.servicer import OptunaStorageProxyService
 
+    if isinstance(storage, optuna.storages.RDBStorage):
+        # Optuna's servicer reads every trial of the study at each call; the cache keeps the
+        # finished ones in memory (what optuna.storages.get_storage does), or the proxy slows
+        # with the study's size until workers' beats arrive late and are judged stale.
+        from optuna.storages._cached_storage import _CachedStorage
+
+        storage = _CachedStorage(storage)
     server = grpc.server(ThreadPoolExecutor(max_workers=10), interceptors=[_outages(url)])
     api_pb2_grpc.add_StorageServiceServicer_to_server(  # type: ignore[no-untyped-call]
         OptunaStorageProxyService(storage), server
