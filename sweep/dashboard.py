@@ -52,9 +52,9 @@ def guarded(what: str) -> Iterator[None]:
     except (Interrupted, UpdateFinishedTrialError):
         raise
     except Exception as exc:  # a broken store or figure must not cost the trial
-        details = getattr(exc, "details", None)  # a gRPC error's own words (its str() is many lines)
-        text = str(details() if callable(details) else exc).strip()
-        log.warning("dashboard: could not write %s: %s: %s", what, type(exc).__name__, (text.splitlines() or [""])[0])
+        from sweep.outage import one_line
+
+        log.warning("dashboard: could not write %s: %s: %s", what, type(exc).__name__, one_line(exc))
 
 
 def artifact_store(location: str | None) -> Any:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-__all__ = ["BACKOFF_S", "OutageTimeout", "gave_up", "is_outage", "retry"]
+__all__ = ["BACKOFF_S", "OutageTimeout", "gave_up", "is_outage", "one_line", "retry"]
 
 T = TypeVar("T")
 BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -70,6 +70,13 @@ def refused(exc: BaseException) -> bool:
     """
     text = str(exc).lower()
     return any(s in text for s in _REFUSALS)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of what ``exc`` says; a gRPC error's own details (its str() is many lines)."""
+    details = getattr(exc, "details", None)
+    text = str(details() if callable(details) else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _GRPC_OUTAGES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})

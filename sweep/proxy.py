@@ -13,7 +13,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sweep.outage import is_outage
+from sweep.outage import is_outage, one_line
 
 if TYPE_CHECKING:
     import grpc  # type: ignore[import-untyped]
@@ -62,8 +62,7 @@ def _outages(url: str) -> grpc.ServerInterceptor:
                 except Exception as exc:
                     if not is_outage(exc):
                         raise
-                    cause = exc.__cause__ or exc
-                    reason = scrub((str(cause).splitlines() or [type(cause).__name__])[0][:200], url)
+                    reason = scrub(one_line(exc.__cause__ or exc)[:200], url)
                     context.abort(grpc.StatusCode.UNAVAILABLE, f"the database behind the proxy is down: {reason}")
 
             return grpc.unary_unary_rpc_method_handler(

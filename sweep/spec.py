@@ -173,7 +173,7 @@ def _scalar(name: str, value: Any, rule: _Rule | None = None) -> Any:
     return value
 
 
-def _extra_scalar(name: str, value: Any) -> Any:
+def _extra_scalar(value: Any) -> Any:
     if isinstance(value, bool | str) or (isinstance(value, int | float) and math.isfinite(value)):
         return value
     raise ValueError(f"got {_show(value)}; allowed: a number, a string or true/false ({_ALLOWED_FORMS})")
@@ -190,7 +190,7 @@ def parse_extra(name: str, raw: Any) -> Param:
     if isinstance(raw, list | tuple):
         if not raw:
             raise ValueError("got an empty list; give at least one choice")
-        values = tuple(_extra_scalar(name, v) for v in raw)
+        values = tuple(_extra_scalar(v) for v in raw)
         if len({(type(v), v) for v in values}) != len(values):
             raise ValueError(f"got {_show(list(raw))}; choices must be distinct")
         return Fixed(values[0]) if len(values) == 1 else Choice(values)
@@ -200,7 +200,7 @@ def parse_extra(name: str, raw: Any) -> Param:
             raise ValueError(f"got {_show(raw)}; a range's low and high are numbers")
         integer = all(isinstance(b, int) for b in bounds) and not isinstance(raw.get("step", 1), float)
         return parse_param(name, raw, _Rule("int" if integer else "float"))
-    return Fixed(_extra_scalar(name, raw))
+    return Fixed(_extra_scalar(raw))
 
 
 def parse_param(name: str, raw: Any, rule: _Rule | None = None) -> Param:

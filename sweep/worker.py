@@ -30,7 +30,7 @@ from sweep.allocation import Action, Decision
 from sweep.builder import BuilderError
 from sweep.errors import FatalError, Interrupted, StorageError, SweepError, TrialFailed
 from sweep.liveness import Liveness, TakenOver, taken_over
-from sweep.outage import OutageTimeout, gave_up, is_outage, retry
+from sweep.outage import OutageTimeout, gave_up, is_outage, one_line, retry
 from sweep.protocol import CONNECTED, ENV_URL, RECYCLE_SOON, WorkerExit, parse_go
 from sweep.records import FailReason
 
@@ -587,9 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     except _storage_errors() as exc:
         from sweep.storage import mask, scrub
 
-        details = getattr(exc, "details", None)  # a gRPC error's own words (its str() is many lines)
-        text = str(details() if callable(details) else exc)
-        reason = scrub(text.splitlines()[0] if text else type(exc).__name__, url)
+        reason = scrub(one_line(exc), url)
         if not is_outage(exc):
             print(f"error: the storage {mask(url)} refused an operation: {reason}", file=sys.stderr)
             return WorkerExit.ERROR
