@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sweep import ledger, records
 from sweep.allocation import Action, Config, Decision, go_on
+from sweep.calibration import Calibration, calibrate
 from sweep.errors import Interrupted, TrialFailed
 from sweep.liveness import TakenOver
 from sweep.outage import retry
@@ -196,15 +197,19 @@ class Objective:
                 if decision.action is not Action.REPEAT:
                     stopped, raced_out = f"stopped after {r + 1} of {repeats} repeats: {decision.reason}", True
                     break
+        reference, calibration = None, None
+        if trial is not None:
+            reference, calibration = self.db(
+                lambda: study_scales(trial, repeats), f"reading the study for trial {trial.number}"
+            )
         summary = summarize(
             [c.val_loss for c in curves],
             [c.loss for c in curves],
             tail=spec.stability.tail,
             risk=spec.stability.risk,
             baseline=sum(self.baselines[: len(curves)]) / len(curves),
-            reference=None
-            if trial is None or len(curves) < repeats
-            else self.db(lambda: study_reference(trial, repeats), f"reading the study for trial {trial.number}"),
+            reference=reference if len(curves) == repeats else None,
+            calibration=calibration,
         )
         if stopped and summary.diagnosis is not Diagnosis.DIVERGED:
             summary = replace(summary, diagnosis=Diagnosis.PRUNED, hint=f"{stopped}: {HINTS[Diagnosis.PRUNED]}")
@@ -280,14 +285,15 @@ class Objective:
         return result
 
 
-def study_reference(trial: optuna.Trial, repeats: int) -> tuple[float, ...] | None:
-    """The per-split reference from the study's complete trials so far (:func:`split_reference`)."""
-    means = [
-        records.trial_attr(t, "repeat_means") or []
-        for t in _finished(trial)
-        if t.state.name == "COMPLETE"
-    ]
-    return split_reference([m for m in means if isinstance(m, list)], n_repeats=repeats)
+def study_scales(trial: optuna.Trial, repeats: int) -> tuple[tuple[float, ...] | None, Calibration | None]:
+    """The per-split reference and the calibration from the study's complete trials so far.
+
+    See :func:`sweep.stability.split_reference` and :func:`sweep.calibration.calibrate`.
+    """
+    complete = [t for t in _finished(trial) if t.state.name == "COMPLETE"]
+    means = [records.trial_attr(t, "repeat_means") or [] for t in complete]
+    rows = [{**t.user_attrs, "evidence": records.trial_attr(t, "evidence")} for t in complete]
+    return split_reference([m for m in means if isinstance(m, list)], n_repeats=repeats), calibrate(rows)
 
 
 def _finished(trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:

@@ -121,8 +121,8 @@ class StoredCurves:
         )
 
 
-PER_REPEAT: tuple[str, ...] = (CURVES, "epochs", "repeat_means", "repeat_stds", "repeat_scores")
-"""Attrs with a value per repeat (up to 50): always system attrs (``sweep:<key>``)."""
+PER_REPEAT: tuple[str, ...] = (CURVES, "epochs", "repeat_means", "repeat_stds", "repeat_scores", "evidence")
+"""Attrs with a value per repeat (up to 50), and the rules' evidence: always system attrs (``sweep:<key>``)."""
 USER_TEXT_MAX = 100
 """The longest text a user attr holds: about 800 px on optuna-dashboard's trial page, which fits at 1400 px."""
 

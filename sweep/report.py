@@ -15,9 +15,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sweep import ledger, records
+from sweep.calibration import calibrate
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec
-from sweep.stability import Diagnosis, judge_spread, residual_spread, split_reference, window_words
+from sweep.stability import (
+    Diagnosis,
+    judge_spread,
+    rediagnose,
+    residual_spread,
+    split_reference,
+    window_words,
+)
 from sweep.storage import load_study, mask, read_engine, storage_error, stored_spec
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -30,7 +38,16 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "gap",
     "repeat_spread",
 )
-_KEYS = (*records.SUMMARY_FIELDS, records.FAIL_REASON, records.STOPPED, ledger.VERIFIES, records.FIXES)
+_KEYS = (
+    *records.SUMMARY_FIELDS,
+    records.FAIL_REASON,
+    records.STOPPED,
+    ledger.VERIFIES,
+    records.FIXES,
+    records.REMEDY,
+    records.RACED_OUT,
+    ledger.EPOCHS_TRAINED,
+)
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
@@ -59,6 +76,20 @@ class RankedTrial:
     """Each repeat's tail mean (the spread a retrain is judged against)."""
     fixes: int | None = None
     """The trial whose diagnosis this configuration remedies (queued by ``sweep fix``)."""
+    baseline: float | None = None
+    """The loss of a model that learned nothing on the trial's splits."""
+    epochs: list[int] | None = None
+    """Each repeat's length in epochs, in repeat order."""
+    repeat_stds: list[float] | None = None
+    """Each repeat's tail standard deviation, in repeat order."""
+    epochs_trained: int | None = None
+    """Epochs this trial trained itself (repeats a verifying trial copied left out)."""
+    raced_out: bool = False
+    """Stopped by racing after its first repeat (it ends PRUNED)."""
+    remedy: str | None = None
+    """What a ``sweep fix`` trial changed (``learning_rate 0.003 -> 0.001``)."""
+    evidence: dict[str, Any] | None = None
+    """What the diagnosis rules read from the curves (:class:`sweep.stability.Evidence`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +168,7 @@ def study_spec(study_name: str, *, url: str) -> StudySpec:
 def study_status(study_name: str, *, url: str) -> StudyStatus:
     """Counts by state, progress toward the target and the best trial; reads only the storage."""
     study = _open(study_name, url)
-    rows = _judge_spreads(_read_rows(study, keys=(*_KEYS, ledger.EPOCHS_TRAINED, "epochs")), study)
+    rows = _judge_spreads(_read_rows(study, keys=_KEYS), study)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -235,13 +266,16 @@ def _rescore(row: TrialRow, *, risk: float, tail: int) -> TrialRow:
 
 
 def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = None) -> list[TrialRow]:
-    """The spread of every complete trial judged against the study's per-split reference now.
+    """Every complete trial's diagnosis judged again with the whole study: its reference and calibration.
 
     Every trial trains on the same splits, so the median tail mean of the
     complete trials on each split is what that split does to every
-    configuration; a trial is ``unstable_across_repeats`` only for the spread
-    of its residuals against it (:func:`sweep.stability.judge_spread`). Only
-    trials stored as ``stable`` or ``unstable_across_repeats`` can change label.
+    configuration; a trial's ``repeat_spread`` is the spread of its residuals
+    against it. Once the study has enough complete trials, every complete
+    trial's label is judged again with the study's calibration
+    (:func:`sweep.stability.rediagnose`); a pruned trial can only become
+    ``diverged`` that way. Before that, only trials stored as ``stable`` or
+    ``unstable_across_repeats`` can change label (:func:`sweep.stability.judge_spread`).
     """
     raw_spec = study.user_attrs.get(records.SPEC)
     if not isinstance(raw_spec, dict):
@@ -250,28 +284,67 @@ def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = No
     repeats, tail = spec.training.repeats, tail or spec.stability.tail
     complete = [r for r in rows if r.state == "COMPLETE" and isinstance(r.attrs.get("repeat_means"), list)]
     reference = split_reference([r.attrs["repeat_means"] for r in complete], n_repeats=repeats)
+    rows = _with_evidence(rows, study, tail=tail, risk=spec.stability.risk)
+    spreads = {
+        r.number: residual_spread(r.attrs["repeat_means"], reference)
+        for r in rows
+        if r.state == "COMPLETE" and _nums(r.attrs.get("repeat_means"))
+    }
+    calibration = calibrate(
+        {**r.attrs, "repeat_spread": spreads.get(r.number)} for r in rows if r.number in spreads
+    )
     judged = {Diagnosis.STABLE.value, Diagnosis.UNSTABLE_ACROSS_REPEATS.value}
     out = []
     for row in rows:
-        means, attrs = row.attrs.get("repeat_means"), row.attrs
-        if row.state != "COMPLETE" or not isinstance(means, list) or any(m is None for m in means):
-            out.append(row)
+        attrs = dict(row.attrs)
+        if row.state == "PRUNED" and calibration is not None:
+            again = rediagnose(attrs, calibration=calibration, reference=None, tail=tail)
+            if again is not None and again[0] is Diagnosis.DIVERGED:
+                attrs.update(diagnosis=again[0].value, hint=again[1])
+        if row.number not in spreads:
+            out.append(TrialRow(row.number, row.state, row.params, attrs))
             continue
-        attrs = dict(attrs)
-        if attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
-            diagnosis, hint, spread = judge_spread(
+        again = None
+        if calibration is not None:
+            again = rediagnose(attrs, calibration=calibration, reference=reference, tail=tail)
+        if again is None and attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
+            again = judge_spread(
                 tail_mean=float(attrs["tail_mean"]),
                 tail_std=_num(attrs.get("tail_std")) or 0.0,
-                repeat_means=means,
+                repeat_means=attrs["repeat_means"],
                 reference=reference,
                 window=window_words(tail, attrs.get("epochs") or [tail]),
                 baseline=_num(attrs.get("baseline")),
             )
-            attrs.update(diagnosis=diagnosis.value, hint=hint)
-        else:
-            spread = residual_spread(means, reference)
-        attrs["repeat_spread"] = spread
+        if again is not None:
+            attrs.update(diagnosis=again[0].value, hint=again[1])
+        attrs["repeat_spread"] = spreads[row.number]
         out.append(TrialRow(row.number, row.state, row.params, attrs))
+    return out
+
+
+def _with_evidence(rows: list[TrialRow], study: _Study, *, tail: int, risk: float) -> list[TrialRow]:
+    """``rows``, where a finished trial lacks the rules' evidence (written before 2026-12-06), with it.
+
+    The evidence is computed from the trial's stored curves, as the trial's summary was.
+    """
+    lacking = {
+        r.number
+        for r in rows
+        if r.state in ("COMPLETE", "PRUNED") and _num(r.attrs.get("tail_mean")) is not None
+        and not isinstance(r.attrs.get("evidence"), dict)
+    }
+    if not lacking:
+        return rows
+    curves = {r.number: r.attrs.get(records.CURVES) for r in _read_rows(study, keys=(records.CURVES,))}
+    out = []
+    for row in rows:
+        raw = curves.get(row.number)
+        if row.number in lacking and isinstance(raw, dict) and raw.get("val_loss"):
+            stored = records.StoredCurves.from_attr(raw)
+            fresh = records.rescore(stored, risk=risk, tail=tail, baseline=_num(row.attrs.get("baseline")))
+            row = TrialRow(row.number, row.state, row.params, {**row.attrs, "evidence": fresh.get("evidence")})
+        out.append(row)
     return out
 
 
@@ -309,6 +382,13 @@ def _rank_rows(
                 stopped=a.get(records.STOPPED),
                 repeat_means=_nums(a.get("repeat_means")),
                 fixes=fixes.get(r.number, fixes.get(a.get(ledger.VERIFIES, -1))),
+                baseline=_num(a.get("baseline")),
+                epochs=_ints(a.get("epochs")),
+                repeat_stds=_nums(a.get("repeat_stds")),
+                epochs_trained=ledger.trained_of(a.get(ledger.EPOCHS_TRAINED), a.get("epochs")),
+                raced_out=a.get(records.RACED_OUT) is True,
+                remedy=a.get(records.REMEDY) if isinstance(a.get(records.REMEDY), str) else None,
+                evidence=a.get("evidence") if isinstance(a.get("evidence"), dict) else None,
             )
         )
     return out
@@ -319,6 +399,12 @@ def _nums(values: Any) -> list[float] | None:
         return None
     numbers = [_num(v) for v in values]
     return None if any(n is None for n in numbers) else [n for n in numbers if n is not None]
+
+
+def _ints(values: Any) -> list[int] | None:
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    return [int(v) for v in values]
 
 
 def _num(value: Any) -> float | None:

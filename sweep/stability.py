@@ -36,9 +36,13 @@ loss seen (``math.inf`` if there is none). The same applies when finite losses
 are so large that a statistic or the score overflows.
 
 Each trial gets one :class:`Diagnosis`, the first of :data:`RULES` that holds.
-The thresholds are relative to the loss level, so they mean the same for a
-cross-entropy near 2 and a mean squared error near 1e-4. The quantities the
-rules use:
+Once the study has :data:`sweep.calibration.MIN_TRIALS` other complete
+trials, the thresholds are calibrated on them (:data:`CALIBRATED_RULES`,
+:mod:`sweep.calibration`): a trial is named for what sets it apart from the
+study, in loss differences, so a constant added to every curve of a split
+changes no label. Before that, the fixed rules below apply: thresholds
+relative to the loss level, so they mean the same for a cross-entropy near 2
+and a mean squared error near 1e-4. The quantities the fixed rules use:
 
 * ``level = max(|tail_mean|, 1e-8)``;
 * ``first``: the mean over repeats of the first-epoch validation loss;
@@ -66,16 +70,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from sweep.calibration import BASELINE_TOLERANCE, DIVERGENCE_RISE, Calibration, Scales, calibrate
 from sweep.remedy import REMEDIES
 
 __all__ = [
     "BASELINE_TOLERANCE",
+    "CALIBRATED_RULES",
     "DEGRADATION_TOLERANCE",
     "DIVERGENCE_RISE",
     "HINTS",
@@ -85,9 +91,13 @@ __all__ = [
     "RULES",
     "SLOPE_TOLERANCE",
     "SPREAD_TOLERANCE",
+    "Calibration",
     "Diagnosis",
+    "Evidence",
     "Summary",
+    "calibrate",
     "judge_spread",
+    "rediagnose",
     "repeat_score",
     "residual_spread",
     "split_reference",
@@ -98,11 +108,6 @@ __all__ = [
 LEVEL_FLOOR = 1e-8
 """Smallest loss level that relative thresholds are measured against."""
 
-DIVERGENCE_RISE = 2.0
-"""Diverged when ``tail_mean - first > DIVERGENCE_RISE * max(|first|, LEVEL_FLOOR)``."""
-
-BASELINE_TOLERANCE = 0.10
-"""Not learning when ``tail_mean >= (1 - BASELINE_TOLERANCE) * baseline``."""
 
 SPREAD_TOLERANCE = 0.10
 """Unstable across repeats when ``repeat_spread > SPREAD_TOLERANCE * level``."""
@@ -183,7 +188,86 @@ RULES: tuple[tuple[Diagnosis, str], ...] = (
     ),
     (Diagnosis.STABLE, "none of the above."),
 )
-"""The diagnosis rules in precedence order: the first that holds names the trial."""
+"""The fixed diagnosis rules in precedence order (a study not yet calibrated): the first that holds names the trial."""
+
+CALIBRATED_RULES: tuple[tuple[Diagnosis, str], ...] = (
+    (
+        Diagnosis.DIVERGED,
+        "any loss is NaN, +inf or -inf; or `tail_mean - start > "
+        f"{DIVERGENCE_RISE:g} * gain` (`start`: the higher of the first epoch's loss and the baseline).",
+    ),
+    (
+        Diagnosis.NOT_LEARNING,
+        f"a baseline is known and `baseline - tail_mean < max({BASELINE_TOLERANCE:g} * best_gain, noise)` "
+        f"(the trial ends less than {BASELINE_TOLERANCE:.0%} as far below the baseline as the study's best).",
+    ),
+    (
+        Diagnosis.OSCILLATING,
+        "`jitter > max(2 * median jitter, 0.05 * gain)`; or the rise below and `train_slope > +0.01` "
+        "(training loss rose with the validation loss, by 1% of its fall per epoch).",
+    ),
+    (
+        Diagnosis.OVERFITTING,
+        "`degradation > max(2 * median degradation, material)` and not still falling, "
+        "while training loss did not rise.",
+    ),
+    (
+        Diagnosis.UNDERFITTING,
+        "`-val_slope > max(2 * median fall, material / window)` (still falling per epoch) and, with training "
+        "curves, `train_slope < -0.01`.",
+    ),
+    (
+        Diagnosis.UNSTABLE_ACROSS_REPEATS,
+        "a per-split reference exists and `repeat_spread > max(2 * median repeat_spread, material)`.",
+    ),
+    (Diagnosis.STABLE, "none of the above."),
+)
+"""The calibrated rules: medians are over the study's other complete trials, `material = max(0.05 * gain, noise)`.
+
+See :mod:`sweep.calibration` for ``noise``, ``gain`` and ``best_gain``.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+    """What the calibrated rules read from a trial's curves, in loss differences (see :mod:`sweep.calibration`).
+
+    Attributes:
+        first: Mean over repeats of the first epoch's validation loss.
+        jitter: The tails' epoch-to-epoch movement that no trend explains, per change (pooled).
+        val_slope: Mean least-squares slope of the validation tails, in loss per epoch.
+        train_slope: Mean slope of the training tails per epoch, as a fraction of how far the
+            training loss fell (its first epoch minus its lowest); ``None`` without training curves.
+        window: The longest tail, in epochs.
+    """
+
+    first: float
+    jitter: float
+    val_slope: float
+    train_slope: float | None
+    window: int
+
+    def to_attr(self) -> dict[str, float | int | None]:
+        return {
+            "first": _sig(self.first),
+            "jitter": _sig(self.jitter),
+            "val_slope": _sig(self.val_slope),
+            "train_slope": None if self.train_slope is None else _sig(self.train_slope),
+            "window": int(self.window),
+        }
+
+    @classmethod
+    def from_attr(cls, raw: Any) -> Evidence | None:
+        """The stored form read back; ``None`` when absent (trials written before 2026-12-06) or damaged."""
+        if not isinstance(raw, dict):
+            return None
+        first, jitter, slope = (_number(raw.get(k)) for k in ("first", "jitter", "val_slope"))
+        train, window = raw.get("train_slope"), raw.get("window")
+        if first is None or jitter is None or slope is None or (train is not None and _number(train) is None):
+            return None
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            return None
+        return cls(first, jitter, slope, _number(train), window)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +295,7 @@ class Summary:
         epochs: Length of each repeat's validation curve, in repeat order.
         repeat_means: Each repeat's tail mean ``m_r``, in repeat order.
         repeat_stds: Each repeat's tail standard deviation ``s_r``, in repeat order.
+        evidence: What the calibrated rules read (:class:`Evidence`); ``None`` when a loss is non-finite.
     """
 
     score: float
@@ -228,8 +313,9 @@ class Summary:
     epochs: tuple[int, ...]
     repeat_means: tuple[float, ...]
     repeat_stds: tuple[float, ...]
+    evidence: Evidence | None = None
 
-    def to_attrs(self) -> dict[str, float | int | str | list[int] | list[float] | None]:
+    def to_attrs(self) -> dict[str, Any]:
         """Plain JSON-safe values (``inf`` stays a float) for an Optuna user attribute."""
         return {
             "score": float(self.score),
@@ -247,6 +333,7 @@ class Summary:
             "epochs": [int(n) for n in self.epochs],
             "repeat_means": [float(m) for m in self.repeat_means],
             "repeat_stds": [float(s) for s in self.repeat_stds],
+            "evidence": None if self.evidence is None else self.evidence.to_attr(),
         }
 
 
@@ -276,6 +363,7 @@ def summarize(
     risk: float = 1.0,
     baseline: float | None = None,
     reference: Sequence[float] | None = None,
+    calibration: Calibration | None = None,
 ) -> Summary:
     """Score and diagnose one trial from its per-repeat loss curves.
 
@@ -291,6 +379,8 @@ def summarize(
         reference: The per-split reference tail means (:func:`split_reference`),
             at least one per repeat, or ``None``: without it ``repeat_spread`` is
             ``None`` and no trial is ``unstable_across_repeats``.
+        calibration: The study's scales (:func:`sweep.calibration.calibrate`), or
+            ``None``: without them the rules use fixed fractions of the loss level.
 
     Returns:
         A :class:`Summary` that never holds NaN. Its score depends only on the
@@ -337,7 +427,16 @@ def summarize(
     if not (stats.finite() and math.isfinite(stats.score)):
         return _diverged(vals, trains, base, "the loss grew too large to summarise")
 
-    diagnosis, hint = _diagnose(stats, base, ref, window_words(tail, epochs))
+    evidence = stats.evidence()
+    window = window_words(tail, epochs)
+    if calibration is None:
+        diagnosis, hint = _diagnose(stats, base, ref, window)
+    else:
+        scales = calibration.scales()
+        if scales is None:
+            diagnosis, hint = _diagnose(stats, base, ref, window)
+        else:
+            diagnosis, hint, _ = _judge_calibrated(stats.facts(), base, ref, window, scales)
     return Summary(
         score=stats.score,
         tail_mean=stats.tail_mean,
@@ -354,7 +453,56 @@ def summarize(
         epochs=epochs,
         repeat_means=stats.repeat_means,
         repeat_stds=stats.repeat_stds,
+        evidence=evidence,
     )
+
+
+def rediagnose(
+    attrs: Mapping[str, Any],
+    *,
+    calibration: Calibration,
+    reference: Sequence[float] | None,
+    tail: int,
+) -> tuple[Diagnosis, str, float | None] | None:
+    """A stored trial's diagnosis judged again with the study's calibration, from its stored summary.
+
+    ``sweep rank`` calls this for every complete trial once the study is
+    calibrated, so the labels it prints are those of the whole study.
+
+    Args:
+        attrs: The trial's summary attrs (:meth:`Summary.to_attrs`, non-finite numbers as ``None``).
+        reference: The study's per-split reference now (:func:`split_reference`), or ``None``.
+        tail: The tail the summary used.
+
+    Returns:
+        The diagnosis, its hint and the repeat spread; ``None`` when ``attrs`` lack what the
+        rules read (a non-finite summary, or a trial written before the evidence was stored).
+    """
+    evidence = Evidence.from_attr(attrs.get("evidence"))
+    scales = calibration.scales(attrs)
+    tail_mean, tail_std, degradation, oscillation = (
+        _number(attrs.get(k)) for k in ("tail_mean", "tail_std", "degradation", "oscillation")
+    )
+    raw_means = attrs.get("repeat_means")
+    means = [_number(m) for m in raw_means] if isinstance(raw_means, list) else []
+    if evidence is None or scales is None:
+        return None
+    if tail_mean is None or tail_std is None or degradation is None or oscillation is None:
+        return None
+    if not means or any(m is None for m in means):
+        return None
+    facts = _Facts(
+        tail_mean=tail_mean,
+        tail_std=tail_std,
+        degradation=degradation,
+        oscillation=oscillation,
+        repeat_means=tuple(m for m in means if m is not None),
+        evidence=evidence,
+    )
+    base = _number(attrs.get("baseline"))
+    epochs = attrs.get("epochs")
+    window = window_words(tail, epochs if isinstance(epochs, list) and epochs else [tail])
+    return _judge_calibrated(facts, base, reference, window, scales)
 
 
 def split_reference(repeat_means: Sequence[Sequence[float]], *, n_repeats: int) -> tuple[float, ...] | None:
@@ -455,6 +603,28 @@ class _Stats:
     jitter: float
     val_slope: float
     train_slope: float | None
+    raw_val_slope: float
+    train_gain_slope: float | None
+    window: int
+
+    def evidence(self) -> Evidence:
+        return Evidence(
+            first=self.first,
+            jitter=self.jitter,
+            val_slope=self.raw_val_slope,
+            train_slope=self.train_gain_slope,
+            window=self.window,
+        )
+
+    def facts(self) -> _Facts:
+        return _Facts(
+            tail_mean=self.tail_mean,
+            tail_std=self.tail_std,
+            degradation=self.degradation,
+            oscillation=self.oscillation,
+            repeat_means=self.repeat_means,
+            evidence=self.evidence(),
+        )
 
     @classmethod
     def compute(
@@ -481,13 +651,17 @@ class _Stats:
 
         gap: float | None = None
         train_slope: float | None = None
+        train_gain_slope: float | None = None
         if trains is not None:
             train_tails = [u[-tail:] for u in trains]
             train_mean = float(np.mean([t.mean() for t in train_tails]))
             train_best = float(min(u.min() for u in trains))
             gap = tail_mean - train_mean
             train_level = max(abs(train_mean), abs(train_best), LEVEL_FLOOR)
-            train_slope = _mean_slope(train_tails) / train_level
+            raw_train_slope = _mean_slope(train_tails)
+            train_slope = raw_train_slope / train_level
+            train_fell = float(np.mean([u[0] - u.min() for u in trains]))
+            train_gain_slope = raw_train_slope / max(train_fell, LEVEL_FLOOR * train_level)
 
         repeat_means = tuple(float(m) for m in means)
         return cls(
@@ -507,6 +681,9 @@ class _Stats:
             jitter=jitter,
             val_slope=_mean_slope(tails) / level,
             train_slope=train_slope,
+            raw_val_slope=_mean_slope(tails),
+            train_gain_slope=train_gain_slope,
+            window=max(t.size for t in tails),
         )
 
     def finite(self) -> bool:
@@ -519,9 +696,10 @@ class _Stats:
             self.first,
             self.jitter,
             self.val_slope,
+            self.raw_val_slope,
             *self.repeat_means,
         ]
-        for optional in (self.gap, self.train_slope, self.repeat_spread):
+        for optional in (self.gap, self.train_slope, self.train_gain_slope, self.repeat_spread):
             if optional is not None:
                 values.append(optional)
         return all(math.isfinite(x) for x in values)
@@ -598,6 +776,106 @@ def _named_by_training(s: _Stats, baseline: float | None, window: str) -> tuple[
             still += f", training loss {s.train_slope:+.1%}"
         return Diagnosis.UNDERFITTING, f"{still}) over {window}"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Facts:
+    """What the calibrated rules read: from fresh curves (:class:`_Stats`) or a stored summary."""
+
+    tail_mean: float
+    tail_std: float
+    degradation: float
+    oscillation: float
+    repeat_means: tuple[float, ...]
+    evidence: Evidence
+
+
+def _judge_calibrated(
+    f: _Facts, baseline: float | None, reference: Sequence[float] | None, window: str, cal: Scales
+) -> tuple[Diagnosis, str, float | None]:
+    """:data:`RULES` with the study's calibration: the label, its hint, and the repeat spread."""
+    spread = residual_spread(f.repeat_means, reference)
+    named = _named_calibrated(f, baseline, window, cal)
+    if named is not None:
+        return named[0], f"{named[1]}: {HINTS[named[0]]}", spread
+    if spread is not None and spread > cal.spread_limit:
+        seen = (
+            f"the {len(f.repeat_means)} repeats disagree beyond what the splits cause for every "
+            f"configuration: their tail means spread ±{spread:.3g} around the study's per-split medians, "
+            f"{_times(spread, cal.spread)} the study's median spread"
+        )
+        return Diagnosis.UNSTABLE_ACROSS_REPEATS, f"{seen}: {HINTS[Diagnosis.UNSTABLE_ACROSS_REPEATS]}", spread
+    seen = f"validation loss settled at {f.tail_mean:.3g} ± {f.tail_std:.2g} over {window}"
+    if baseline is not None:
+        seen += f", {baseline - f.tail_mean:.3g} below the baseline {baseline:.3g}"
+    if spread is not None:
+        seen += f"; the repeats lie within ±{spread:.2g} of the study's per-split medians"
+    return Diagnosis.STABLE, f"{seen}: {HINTS[Diagnosis.STABLE]}", spread
+
+
+def _named_calibrated(
+    f: _Facts, baseline: float | None, window: str, cal: Scales
+) -> tuple[Diagnosis, str] | None:
+    """The calibrated rules before the spread's (see :mod:`sweep.calibration`): the label and what was seen."""
+    e = f.evidence
+    start, began = e.first, "its first epoch"
+    if baseline is not None and baseline > e.first:
+        start, began = baseline, "the baseline"
+    if f.tail_mean - start > cal.diverge_limit:
+        return Diagnosis.DIVERGED, (
+            f"validation loss ended {f.tail_mean - start:.3g} above {began} ({start:.3g}) over {window}, "
+            f"more than {DIVERGENCE_RISE:g}x what the study's median trial gains ({cal.gain:.3g})"
+        )
+    margin = cal.learn_margin
+    if baseline is not None and margin is not None and baseline - f.tail_mean < margin:
+        below = baseline - f.tail_mean
+        where = f"only {below:.3g} below the baseline {baseline:.3g}"
+        if below <= 0:
+            where = f"at or above the baseline {baseline:.3g}"
+        return Diagnosis.NOT_LEARNING, (
+            f"validation loss ended at {f.tail_mean:.3g} over {window}, {where}, where the study's best "
+            f"ends {cal.best_gain:.3g} below it"
+        )
+    if e.jitter > cal.jitter_limit:
+        return Diagnosis.OSCILLATING, (
+            f"validation loss jumps {f.oscillation:.3g} per epoch over {window}, "
+            f"{_times(e.jitter, cal.noise)} the study's median beyond any trend ({cal.noise:.2g})"
+        )
+    fall = -e.val_slope
+    falling = fall > cal.fall_limit(e.window)
+    val_rose = f.degradation > cal.rise_limit and not falling
+    rose = (
+        f"validation loss over {window} sits {f.degradation:.3g} above the lowest it had reached, "
+        f"{_times(f.degradation, cal.degradation)} the study's median"
+    )
+    if val_rose and e.train_slope is not None and e.train_slope > SLOPE_TOLERANCE:
+        return Diagnosis.OSCILLATING, f"{rose}, and training loss rose too"
+    if val_rose:
+        return Diagnosis.OVERFITTING, rose if e.train_slope is None else f"{rose}, while training loss did not rise"
+    if falling and (e.train_slope is None or e.train_slope < -SLOPE_TOLERANCE):
+        return Diagnosis.UNDERFITTING, (
+            f"validation loss is still falling {fall:.3g} per epoch over {window}, "
+            f"{_times(fall, cal.fall)} the study's median"
+        )
+    return None
+
+
+def _times(amount: float, median: float | None) -> str:
+    """``3.1x`` (amount over the study's median), or ``above`` where the median is 0."""
+    if median is None or median <= 0:
+        return "above"
+    return f"{amount / median:.1f}x"
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.6g}")
 
 
 def _diverged(vals: list[FloatArray], trains: list[FloatArray] | None, baseline: float | None, seen: str) -> Summary:

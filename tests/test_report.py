@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -108,6 +109,40 @@ def test_rank_all_puts_pruned_and_failed_after_complete(storage_url: str, tmp_pa
     # The pruned trial has the same (good) curves as the best complete one, and still ranks after all of them.
     assert ranked[4].score is not None and ranked[4].score < ranked[3].score
     assert ranked[5].fail_reason == "error: something broke"
+
+
+EXPLODING = ([[3e12, 3.2e12, 3.5e12, 3.7e12, 3.8e12, 3.9e12]], [[1.0, 0.9, 0.8, 0.7, 0.6, 0.5]])
+
+
+def test_labels_are_judged_with_the_whole_study_and_an_exploding_raced_out_trial_is_diverged(tmp_path: Path) -> None:
+    """Once calibrated, rank judges every label against the other trials; older studies (no evidence) too."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, [*CASES, ("exploding", EXPLODING, TrialState.PRUNED)])
+    ranked = {r.number: r for r in rank("ranked", url=url, include_all=True)}
+    assert ranked[6].diagnosis == "diverged"
+    assert "what the study's median trial gains" in (ranked[6].hint or "")
+    assert ranked[0].diagnosis == "oscillating" and "the study's median beyond any trend" in (ranked[0].hint or "")
+    legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    _, _ = make_study(legacy_url, tmp_path, [*CASES, ("exploding", EXPLODING, TrialState.PRUNED)], legacy=True)
+    with sqlite3.connect(tmp_path / "legacy.db") as db:  # written before the evidence was stored
+        assert db.execute("DELETE FROM trial_user_attributes WHERE key = 'evidence'").rowcount == 7
+    old = {r.number: r for r in rank("ranked", url=legacy_url, include_all=True)}
+    assert {n: (r.diagnosis, r.hint) for n, r in old.items()} == {n: (r.diagnosis, r.hint) for n, r in ranked.items()}
+
+
+def test_rank_as_json_carries_every_stored_per_trial_field(tmp_path: Path) -> None:
+    """A script that sums the epochs a study spent, or reads the spread of each repeat, needs no SQL."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    make_study(url, tmp_path, CASES)
+    done = run_cli("rank", "ranked", "--storage", url, "--format", "json", "--all")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    stored = {*records.SUMMARY_FIELDS, records.STOPPED, records.RACED_OUT, records.FAIL_REASON, records.FIXES,
+              records.REMEDY, "epochs_trained"}  # fmt: skip
+    assert stored <= set(rows[0]), stored - set(rows[0])
+    assert rows[0]["epochs"] == [6, 6] and len(rows[0]["repeat_stds"]) == 2 and rows[0]["raced_out"] is False
+    assert sum(r["epochs_trained"] for r in rows) == 12 * len(rows)
+    assert set(rows[0]["evidence"]) == {"first", "jitter", "val_slope", "train_slope", "window"}
 
 
 def test_risk_zero_ranks_by_tail_mean(tmp_path: Path) -> None:
