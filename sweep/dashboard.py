@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,9 +93,43 @@ def write_trial(trial: optuna.Trial, outcome: TrialOutcome, spec: StudySpec, sto
         missing = NOT_SAVED
         with guarded(f"the learning curves of trial {trial.number}"):
             image = _upload_curves(trial, outcome, spec, store)
+    fixed = None
+    with guarded(f"the trial that trial {trial.number} fixes"):
+        fixed = fixed_trial(trial)
     with guarded(f"the note of trial {trial.number}"):
-        save_note(trial, trial_note(trial.number, outcome, spec, image=image, missing=missing))
+        save_note(trial, trial_note(trial.number, outcome, spec, image=image, missing=missing, fixes=fixed))
     return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """The trial a ``sweep fix`` trial remedies, as its note links it."""
+
+    number: int
+    study_id: int
+    diagnosis: str
+    score: float | None
+    change: str
+
+
+def fixed_trial(trial: optuna.Trial) -> Fixed | None:
+    """What ``trial`` fixes, when ``sweep fix`` queued it (:data:`sweep.records.FIXES`); else ``None``."""
+    from sweep import records
+
+    attrs = trial.user_attrs
+    number = attrs.get(records.FIXES)
+    if isinstance(number, bool) or not isinstance(number, int):
+        return None
+    storage, study_id = trial.storage, trial.study._study_id
+    original = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    score = original.user_attrs.get("score")
+    return Fixed(
+        number=number,
+        study_id=study_id,
+        diagnosis=str(original.user_attrs.get("diagnosis", "?")),
+        score=float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
+        change=str(attrs.get(records.REMEDY, "")),
+    )
 
 
 def write_failure_note(trial: optuna.Trial, reason: str) -> None:
@@ -109,11 +144,29 @@ NOT_SAVED = "No learning-curve image: it could not be saved (the worker's log sa
 
 
 def trial_note(
-    number: int, outcome: TrialOutcome, spec: StudySpec, *, image: str | None = None, missing: str = NO_STORE
+    number: int,
+    outcome: TrialOutcome,
+    spec: StudySpec,
+    *,
+    image: str | None = None,
+    missing: str = NO_STORE,
+    fixes: Fixed | None = None,
 ) -> str:
-    """The trial's note in markdown: ``image`` is the learning curves' URL, else ``missing`` says why there is none."""
+    """The trial's note in markdown: ``image`` is the learning curves' URL, else ``missing`` says why there is none.
+
+    A trial that ``sweep fix`` queued (``fixes``) says which trial it fixes, with a link to it,
+    and how its score compares.
+    """
     s, curves = outcome.summary, outcome.curves
     lines: list[str] = []
+    if fixes is not None:
+        link = f"[trial {fixes.number}](/dashboard/studies/{fixes.study_id}/trials?numbers={fixes.number})"
+        versus = ""
+        if fixes.score is not None and math.isfinite(s.score):
+            delta = s.score - fixes.score
+            versus = f" Score {_f(s.score)} against {_f(fixes.score)}: {'better' if delta < 0 else 'not better'}"
+            versus += f" by {_f(abs(delta))}." if delta else "."
+        lines += [f"**Fix of {link}** ({fixes.diagnosis}): {fixes.change}.{versus}", ""]
     if outcome.stopped and s.diagnosis.value != "diverged":
         why = (
             f"Racing stopped it after repeat 0: {outcome.stopped}."

@@ -209,6 +209,31 @@ def test_trial_note_of_a_complete_trial_gives_diagnosis_hint_and_score_with_its_
     assert NO_STORE not in shown
 
 
+def test_the_note_of_a_fix_links_the_trial_it_fixes_and_compares_the_scores(spec: StudySpec, tmp_path: Path) -> None:
+    from sweep.dashboard import fixed_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'fix.db'}", study_name="fixes")
+    original = study.ask()
+    original.set_user_attr("diagnosis", "overfitting")
+    original.set_user_attr("score", 9.5)
+    study.tell(original, 9.5)
+    study.enqueue_trial(dict(original.params), user_attrs={records.FIXES: 0, records.REMEDY: "dropout 0.1 -> 0.2"})
+    fix = study.ask()
+    assert fixed_trial(original) is None
+    fixed = fixed_trial(fix)
+    assert fixed is not None and (fixed.number, fixed.diagnosis, fixed.score) == (0, "overfitting", 9.5)
+
+    outcome = _overfitting(spec)
+    note = trial_note(1, outcome, spec, fixes=fixed)
+
+    link = f"[trial 0](/dashboard/studies/{study._study_id}/trials?numbers=0)"
+    delta = _f(9.5 - outcome.summary.score)
+    assert note.startswith(
+        f"**Fix of {link}** (overfitting): dropout 0.1 -> 0.2. Score {_f(outcome.summary.score)} against 9.5: "
+        f"better by {delta}.\n\n### Trial 1: overfitting\n"
+    )
+
+
 def test_trial_note_of_a_pruned_trial_says_where_and_why(spec: StudySpec) -> None:
     note = trial_note(5, _pruned(spec), spec)
 
