@@ -794,6 +794,15 @@ def proxy(
             optuna.logging.set_verbosity(logging_level)
 
 
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of study files (for editors: taplo, Even Better TOML, VS Code)."""
+    with _errors():
+        from sweep.schema import schema_json
+
+        sys.stdout.write(schema_json())
+
+
 def _duration(option: str, value: str | None) -> float | None:
     from sweep.spec import parse_duration
 
