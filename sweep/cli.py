@@ -795,6 +795,29 @@ def proxy(
 
 
 @app.command()
+def init(
+    data_file: Annotated[
+        Path, typer.Argument(metavar="DATA_FILE", help="A .csv (a header row, then one row per sample) or a .npz.")
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", metavar="FILE", help="Where to write the study file. Default: DATA_FILE's stem.toml."),
+    ] = None,
+) -> None:
+    """Write a commented study file for your data: the target, task and model it guessed, each said in a comment."""
+    with _errors():
+        from sweep.scaffold import propose, write_study
+
+        path = write_study(data_file, out=out_file)
+        proposal = propose(data_file)
+        out.print(
+            f"wrote {path}: {proposal.task.value} of {proposal.target or 'y'} with a {proposal.family.value} "
+            f"model; check the guesses in its comments, then: sweep run {path}",
+            markup=False,
+        )
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON Schema of study files (for editors: taplo, Even Better TOML, VS Code)."""
     with _errors():

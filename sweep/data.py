@@ -454,6 +454,17 @@ def _ordered(table: _Table, column: str) -> _Table:
                   lines=[table.lines[i] for i in order])  # fmt: skip
 
 
+def read_csv_rows(file: Path) -> tuple[tuple[str, ...], list[list[str]]]:
+    """A CSV's header and rows (cells stripped, blank lines skipped), read as ``source = "csv"`` reads it.
+
+    Raises:
+        DataError: one line naming the file: not UTF-8, not CSV, unreadable, no header, a row of
+            another length, a nameless or repeated column, or no data rows.
+    """
+    table = _read_csv(str(file), file)
+    return table.columns, table.rows
+
+
 def _read_csv(display: str, file: Path) -> _Table:
     try:
         with file.open(newline="", encoding="utf-8-sig") as handle:
