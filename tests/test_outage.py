@@ -178,8 +178,8 @@ def test_sweep_run_waits_for_a_database_that_is_down_when_it_starts(server: Serv
     server.stop()
     proc = _sweep(study, server.url, "--set", "dashboard.notes=false")
     try:
-        time.sleep(12)
-        assert proc.poll() is None, "sweep run gave up on a database that was down for 12 s"
+        time.sleep(6)
+        assert proc.poll() is None, "sweep run gave up on a database that was down for 6 s"
         server.start()
         out, err = proc.communicate(timeout=300)
     finally:
