@@ -61,3 +61,27 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         yield from _server_database(POSTGRES_ENV, "postgresql")
     else:
         yield from _server_database(MYSQL_ENV, "mysql")
+
+
+SLOW_FILES_FIRST = (
+    "test_outage.py",
+    "test_distributed.py",
+    "test_cli.py",
+    "test_liveness.py",
+    "test_builder.py",
+    "test_soak.py",
+    "test_worker.py",
+    "test_dashboard.py",
+    "test_best.py",
+    "test_benchmarks.py",
+)
+"""The files that take longest (waiting on servers, subprocesses and grace periods), longest first.
+
+The processes take whole files (``--dist loadfile``) in collection order; starting with the
+longest leaves the short ones to fill the end, so no process is left alone with a long file.
+"""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file keeps its own order

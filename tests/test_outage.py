@@ -147,8 +147,8 @@ def test_a_database_outage_at_the_end_of_a_trial_loses_nothing(server: Server, t
 def test_a_database_gone_longer_than_the_outage_timeout_ends_the_sweep_with_one_line(
     server: Server, tmp_path: Path
 ) -> None:
-    study = write_study(tmp_path, name="gone", n_trials=2, epochs=8)
-    settings = ["--set", "worker.outage_timeout=8", "--set", "dashboard.notes=false",
+    study = write_study(tmp_path, name="gone", n_trials=2, epochs=6)
+    settings = ["--set", "worker.outage_timeout=5", "--set", "dashboard.notes=false",
                 "--set", "worker.heartbeat_interval=1", "--set", "worker.grace_period=3"]  # fmt: skip
     proc = _sweep(study, server.url, *settings)
     try:
