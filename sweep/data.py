@@ -756,7 +756,16 @@ def _first_bad(display: str, key: str, array: np.ndarray, bad: np.ndarray) -> No
         )
 
 
-def _load_npz(*, path: str, file: Path, task: Task) -> Dataset:
+def read_npz_arrays(file: Path, *, path: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A ``.npz``'s arrays ``X``, ``y`` and ``lengths`` (``None`` if absent), read as ``source = "npz"`` reads it.
+
+    ``path`` is the file as the user wrote it (default: ``file``), named in every error.
+
+    Raises:
+        DataError: one line naming the file: unreadable, a single ``.npy``, not a zip of
+            arrays, no ``X`` or ``y``, or an array of Python objects.
+    """
+    path = str(file) if path is None else path
     not_npz = f"data.path: {path!r} is not a .npz file (a zip of arrays 'X' and 'y', as numpy.savez writes)"
     try:
         with file.open("rb") as handle:
@@ -784,6 +793,11 @@ def _load_npz(*, path: str, file: Path, task: Task) -> Dataset:
         x = _npz_array(path, archive, "X")
         y = _npz_array(path, archive, "y")
         lengths = _npz_array(path, archive, "lengths") if "lengths" in keys else None
+    return x, y, lengths
+
+
+def _load_npz(*, path: str, file: Path, task: Task) -> Dataset:
+    x, y, lengths = read_npz_arrays(file, path=path)
 
     _check_numeric(path, "X", x)
     if x.ndim not in (2, 3):

@@ -33,6 +33,7 @@ the enums of :mod:`sweep.data` and :mod:`sweep.model` (numpy-only modules).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import math
@@ -41,8 +42,7 @@ import re
 import shlex
 import statistics
 import textwrap
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,7 +161,8 @@ def _read_csv(file: Path) -> tuple[tuple[str, ...], list[list[str]]]:
     """The header and rows, read exactly as ``source = "csv"`` reads them (:func:`sweep.data.read_csv_rows`)."""
     from sweep.data import read_csv_rows
 
-    header, rows = read_csv_rows(file)
+    with _as_data_file(file):
+        header, rows = read_csv_rows(file)
     if all(_number(name) is not None for name in header):
         raise DataError(f"{file}: the first line looks like data; a CSV needs a header row naming the columns")
     if not rows:
@@ -341,29 +342,23 @@ def _unread_kind(column: _Column) -> str:
 
 
 def _npz_arrays(file: Path) -> tuple[np.ndarray, np.ndarray, bool]:
-    not_npz = f"{file}: not a .npz file (a zip of arrays X and y, as numpy.savez writes)"
+    """``X``, ``y`` and whether ``lengths`` is there, read exactly as ``source = "npz"`` reads them."""
+    from sweep.data import read_npz_arrays
+
+    with _as_data_file(file):
+        x, y, lengths = read_npz_arrays(file)
+    return x, y, lengths is not None
+
+
+@contextlib.contextmanager
+def _as_data_file(file: Path) -> Iterator[None]:
+    """The reader's errors name ``data.path``; ``sweep init`` was given the file itself: name it."""
     try:
-        with file.open("rb") as handle:
-            if not handle.read(2).startswith(b"PK"):
-                raise DataError(not_npz)
-        archive = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{not_npz}: {exc}") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(not_npz)
-    with archive:
-        keys = tuple(archive.files)
-        for key in ("X", "y"):
-            if key not in keys:
-                raise DataError(
-                    f"{file}: has no array {key!r}; it has: {', '.join(keys) or 'nothing'} "
-                    "(it needs X, y and optionally lengths)"
-                )
-        try:
-            x, y = np.asarray(archive["X"]), np.asarray(archive["y"])
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise DataError(f"{file}: its arrays cannot be read: {exc}") from None
-        return x, y, "lengths" in keys
+        yield
+    except DataError as exc:
+        prefix = f"data.path: {str(file)!r} "
+        text = str(exc)
+        raise DataError(f"{file}: {text[len(prefix):]}" if text.startswith(prefix) else text) from None
 
 
 def _propose_npz(file: Path) -> Proposal:
