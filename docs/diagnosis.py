@@ -1,4 +1,4 @@
-"""The picture of each diagnosis: ``python docs/diagnosis.py`` writes ``docs/diagnosis.png``.
+"""The picture of each diagnosis: ``python docs/diagnosis.py`` writes ``docs/images/diagnosis.png``.
 
 Each panel is one trial of a made-up study of ten-class cross-entropy curves
 (baseline ln 10 = 2.30): eight ordinary trials (grey) and the trial the panel
@@ -87,7 +87,7 @@ def labels() -> dict[str, tuple[Diagnosis, str]]:
     return out
 
 
-def main(path: Path = ROOT / "docs" / "diagnosis.png") -> Path:
+def main(path: Path = ROOT / "docs" / "images" / "diagnosis.png") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

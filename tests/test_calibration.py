@@ -140,7 +140,7 @@ def test_scales_leave_the_trial_itself_out() -> None:
 
 
 def test_the_documented_picture_of_each_diagnosis_is_named_so_by_the_rules() -> None:
-    """docs/diagnosis.png draws one curve per label: the rules must give each panel its title."""
+    """docs/images/diagnosis.png draws one curve per label: the rules must give each panel its title."""
     import importlib.util
     from pathlib import Path
 

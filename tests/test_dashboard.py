@@ -4,7 +4,7 @@ The unit tests build trial outcomes by hand (no training). The end-to-end test r
 three-trial sweep with the real CLI, starts ``sweep dashboard`` on it, and reads the notes,
 the stability figure and the learning-curve artifacts in headless Chromium. Its screenshots go
 to ``test-output/dashboard/``; with ``SWEEP_UPDATE_SCREENSHOTS=1`` they also replace the
-README's images in ``docs/``.
+images of the docs in ``docs/images/``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from tests.helpers import ROOT, run_cli, wait_for, write_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "images"
 UPDATE_SCREENSHOTS = "SWEEP_UPDATE_SCREENSHOTS"
 WAIT_MS = 30_000
 SERVER_WAIT_S = 60.0
@@ -768,6 +768,6 @@ def test_dashboard_shows_notes_figure_and_learning_curves_in_a_browser(tmp_path:
     for shot in ("study", "note", "trials", "trial"):
         assert _png_size(SCREENSHOTS / f"{shot}.png")[0] == 1400
     if os.environ.get(UPDATE_SCREENSHOTS) == "1":
-        DOCS.mkdir(exist_ok=True)
+        DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SCREENSHOTS / "trial.png", DOCS / "dashboard-trial.png")
         shutil.copyfile(SCREENSHOTS / "study.png", DOCS / "dashboard-study.png")
