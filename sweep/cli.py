@@ -765,6 +765,58 @@ def copy(
 
 
 @app.command()
+def export(
+    study_name: Annotated[str, typer.Argument(metavar="STUDY", help="The study.", show_default=False)],
+    storage: StorageOpt = None,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            metavar="DIR",
+            help="Write TensorBoard logs here (a new folder, or an earlier export of STUDY).",
+            show_default=False,
+        ),
+    ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            metavar="URI",
+            help="Log MLflow runs to this tracking URI (sqlite:///mlflow.db, http://HOST:5000).",
+            show_default=False,
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None,
+        typer.Option("--experiment", metavar="NAME", help="The MLflow experiment. Default: the study's name."),
+    ] = None,
+) -> None:
+    """Export the complete (and pruned) trials' learning curves, hyperparameters and scores to TensorBoard or MLflow.
+
+    Exporting again replaces what an earlier export wrote for each trial; it never duplicates a run.
+    """
+    with _errors():
+        from sweep.export import export_mlflow, export_tensorboard
+        from sweep.storage import mask, resolve_url
+
+        if tensorboard is None and mlflow is None:
+            raise UserError("export: give --tensorboard DIR, --mlflow URI, or both")
+        if experiment is not None and mlflow is None:
+            raise UserError("--experiment: names an MLflow experiment; give --mlflow URI too")
+        url = resolve_url(storage)
+        if tensorboard is not None:
+            n = export_tensorboard(study_name, url=url, directory=tensorboard)
+            out.print(f"{n} trial{'s' * (n != 1)} of {study_name} written to {tensorboard} "
+                      f"(view: tensorboard --logdir {tensorboard})", markup=False)  # fmt: skip
+        if mlflow is not None:
+            n = export_mlflow(study_name, url=url, tracking_uri=mlflow, experiment=experiment)
+            shown = mask(mlflow)
+            out.print(f"{n} trial{'s' * (n != 1)} of {study_name} logged to MLflow experiment "
+                      f"{experiment or study_name!r} at {shown} (view: mlflow ui --backend-store-uri {shown})",
+                      markup=False)  # fmt: skip
+
+
+@app.command()
 def proxy(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",

@@ -18,7 +18,8 @@ from sweep.stability import repeat_score
 from tests.helpers import ROOT, cheap_study, run_cli, wait_for, write_study
 
 EIGHT = {"n_layers", "units", "activation", "learning_rate", "optimizer", "batch_size", "dropout", "l2"}
-COMMANDS = ["create", "run", "worker", "status", "rank", "fix", "best", "copy", "proxy", "dashboard"]
+COMMANDS = ["create", "run", "worker", "status", "rank", "fix", "best", "predict", "copy", "proxy", "dashboard", "init",
+            "schema", "export"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
