@@ -17,5 +17,6 @@ BENCHMARKS: dict[str, str] = {
     "search_quality": "benchmarks.search_quality",
     "gpu": "benchmarks.gpu",
     "allocation": "benchmarks.allocation",
+    "storage_calls": "benchmarks.storage_calls",
 }
 """Benchmark name (for ``--only``) -> module, in the order they run."""

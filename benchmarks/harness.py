@@ -512,6 +512,27 @@ def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[An
 # --------------------------------------------------------------------------- storages
 
 
+
+@contextlib.contextmanager
+def sweep_proxy(url: str) -> Iterator[str]:
+    """``sweep proxy`` on ``url`` for the block; its ``grpc://`` URL. Stopped with SIGINT, killed after 15 s."""
+    import signal
+
+    port = free_port()
+    proc = subprocess.Popen(sweep_cmd("proxy", "--storage", url, "--port", str(port)), env=bench_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,14 +31,12 @@ from benchmarks.harness import (
     Context,
     Result,
     bench_env,
-    free_port,
     median,
     median_ratio,
     postgres_database,
     rotation,
     sqlite_url,
-    sweep_cmd,
-    wait_for_port,
+    sweep_proxy,
 )
 
 NAME = "many_workers"
@@ -147,29 +144,6 @@ def _group(ctx: Context, *, url: str, study: str, workers: int, total: int, fold
             "workers": reports}  # fmt: skip
 
 
-def _proxy(url: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        sweep_cmd("proxy", "--storage", url, "--port", str(port)),
-        env=bench_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_port(port, proc=proc)
-    return proc, f"grpc://127.0.0.1:{port}"
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run(ctx: Context) -> Result:
     import optuna
 
@@ -197,8 +171,7 @@ def run(ctx: Context) -> Result:
             for via, k in configs:
                 names[(via, k)] = f"many-r{r}-{via}-{k}"
                 optuna.create_study(study_name=names[(via, k)], storage=storage)
-            proxy, proxy_url = _proxy(url)
-            try:
+            with sweep_proxy(url) as proxy_url:
                 order = rotation(configs, r)
                 ctx.log(f"{NAME}: round {r + 1}/{rounds} on {backend}: {', '.join(f'{v} x{k}' for v, k in order)}")
                 for via, k in order:
@@ -206,8 +179,6 @@ def run(ctx: Context) -> Result:
                     found[f"{via}-{k}"].append(
                         _group(ctx, url=target, study=names[(via, k)], workers=k, total=total, folder=folder)
                     )
-            finally:
-                _stop(proxy)
 
     def series(key: str, field: str) -> list[float]:
         return [m[field] for m in found[key]]

@@ -9,7 +9,15 @@ Repeat 0 reports its running stability score (:func:`sweep.stability.repeat_scor
 of its curve so far) to Optuna after every epoch: the pruner compares every
 trial's repeat 0 at the same epoch, on the same split and seed (like with
 like), and a pruned trial's Optuna value is the same kind of number as its
-ranked score. After each repeat, the allocation (:mod:`sweep.allocation`,
+ranked score. A median or percentile pruner judges each epoch against the
+study's complete trials as read at most one heartbeat interval
+(``worker.heartbeat_interval``) before (:class:`sweep.search.PrunerView`).
+
+The trial's writes are held and written in a few transactions
+(:mod:`sweep.batch`): its parameters once drawn, its reports at the first epoch
+and then at least once a heartbeat interval, its progress after each repeat
+with the allocation's read, its records before the dashboard's note, the rest
+when the trial ends. After each repeat, the allocation (:mod:`sweep.allocation`,
 ``[allocation]``) decides whether the trial trains the next one; a trial it
 stops ends PRUNED, its value its score over the repeats it has. A trial with
 a ``verifies`` attr trains more repeats of an earlier configuration: it copies
@@ -25,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sweep import ledger, records
+from sweep import batch, ledger, records
 from sweep.allocation import Action, Config, Decision, go_on
 from sweep.calibration import Calibration, calibrate
 from sweep.errors import Interrupted, TrialFailed
@@ -101,14 +109,17 @@ class Objective:
         from sweep.space import suggest
 
         self.current = trial.number
-        before = self.before_trial
-        if before is not None:
-            self.db(lambda: before(trial), f"starting trial {trial.number}")
-        params = self.db(
-            lambda: suggest(trial, self.spec.search, family=self.spec.model.family), f"drawing trial {trial.number}"
-        )
-        copied = self.db(lambda: self.copied_repeats(trial), f"reading the study for trial {trial.number}")
-        return self.record(trial, self.train(params, trial=trial, copied=copied), copied=len(copied))
+        with batch.held(trial, retry=self.db):
+            before = self.before_trial
+            if before is not None:
+                self.db(lambda: before(trial), f"starting trial {trial.number}")
+            params = self.db(
+                lambda: suggest(trial, self.spec.search, family=self.spec.model.family), f"drawing trial {trial.number}"
+            )
+            # Other workers' samplers see a running trial's parameters (constant liar) before it trains.
+            self.db(lambda: batch.flush(trial), f"drawing trial {trial.number}")
+            copied = self.db(lambda: self.copied_repeats(trial), f"reading the study for trial {trial.number}")
+            return self.record(trial, self.train(params, trial=trial, copied=copied), copied=len(copied))
 
     def copied_repeats(self, trial: optuna.Trial) -> tuple[Curves, ...]:
         """The repeats a verifying trial (``verifies`` attr) takes from its configuration's record."""
@@ -262,6 +273,7 @@ class Objective:
         elif last.stop is Stop.PRUNED:
             attrs["pruned_at_epoch"] = last.epochs
         self.db(functools.partial(records.set_attrs, trial, attrs), f"recording trial {trial.number}")
+        self.db(lambda: batch.flush(trial), f"recording trial {trial.number}")  # stored before the notes are made
         if self.on_recorded is not None:
             seconds = self.on_recorded(trial, outcome)
             self.db(
@@ -316,15 +328,38 @@ def curves_attr(curves: tuple[Curves, ...] | list[Curves]) -> dict[str, Any]:
 
 
 def _pruning_hook(trial: optuna.Trial, spec: StudySpec, db: Callable[[Callable[[], Any], str], Any]) -> Any:
-    """Report repeat 0's running score each epoch: the pruned value is then the ranked score."""
+    """Report repeat 0's running score each epoch and ask the pruner: the pruned value is then the ranked score.
+
+    The reports are held with the trial's other writes (:mod:`sweep.batch`) and
+    written at the first epoch, then at least once a heartbeat interval, so that
+    the dashboard and the other workers see a running trial's progress within
+    one. The pruner reads the study's complete trials again once a heartbeat
+    interval has passed since it last read them (:class:`sweep.search.PrunerView`);
+    such a read carries the held reports with it.
+    """
+    import time
+
+    from sweep.search import PrunerView, should_prune
+
     seen: list[float] = []
+    reported: dict[int, float] = {}
     tail, risk = spec.stability.tail, spec.stability.risk
+    interval = spec.worker.heartbeat_interval
+    view = PrunerView(trial.study, max_age_s=interval)
+    written_at: float | None = None
 
     def hook(epoch: int, val_loss: float) -> bool:
+        nonlocal written_at
         seen.append(val_loss)
         score = repeat_score(seen, tail=tail, risk=risk)
         what = f"reporting epoch {epoch + 1} of trial {trial.number}"
         db(lambda: trial.report(score, epoch), what)
-        return bool(db(trial.should_prune, what))
+        reported[epoch] = float(score)
+        pruned = bool(db(lambda: should_prune(trial, reported, view), what))
+        now = time.monotonic()
+        if not pruned and (written_at is None or now - written_at >= interval):
+            db(lambda: batch.flush(trial), what)  # nothing to write when the pruner's read just carried it
+            written_at = now
+        return pruned
 
     return hook

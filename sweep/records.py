@@ -15,6 +15,14 @@ form: a hint's remedy, else the text cut with "…". Read any of them with
 :func:`attr`, which also reads studies written before 2026-12, when they all
 were user attrs. Non-finite numbers are stored as ``null`` so every reader of
 the JSON (optuna-dashboard included) can parse it.
+
+How they reach the storage: a worker holds the writes of the trial it runs and
+writes them in a few transactions (:mod:`sweep.batch`): the parameters once
+drawn, the progress after each repeat (with the allocation's read of the
+study), the records at the end, the rest before the trial's final state.
+Each attr is the row it always was, in the table it always was, so the layout
+above and every reader of it are unchanged. On a storage that cannot hold
+writes (the gRPC proxy of ``sweep proxy``) each attr is one call.
 """
 
 from __future__ import annotations
@@ -157,7 +165,11 @@ def short_text(key: str, text: str) -> str:
 
 
 def set_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
-    """Write ``attrs`` on a running trial as :func:`split_attrs` places them (system attrs first)."""
+    """Write ``attrs`` on a running trial as :func:`split_attrs` places them (system attrs first).
+
+    Inside :func:`sweep.batch.held` (the objective's trial) they are held and written in one
+    transaction with the trial's other writes; elsewhere each is one storage call.
+    """
     user, system = split_attrs(attrs)
     for key, value in system.items():
         trial.storage.set_trial_system_attr(trial._trial_id, key, value)

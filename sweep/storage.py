@@ -229,15 +229,19 @@ def _heartbeat_tolerant_storage() -> type:
     RUNNING for ever. Here the reaper gives such a trial a beat of the
     database's own clock when it first sees it, so that it is failed one grace
     period later unless a worker beats it by then.
+
+    It also holds the writes of the trial a worker runs and writes them in a few
+    transactions (:mod:`sweep.batch`).
     """
     import optuna
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
     from optuna.trial import TrialState
 
+    from sweep.batch import HeldWrites
     from sweep.outage import is_outage
 
-    class HeartbeatTolerantStorage(optuna.storages.RDBStorage):
+    class HeartbeatTolerantStorage(HeldWrites, optuna.storages.RDBStorage):
         _missed = False
 
         def record_heartbeat(self, trial_id: int) -> None:

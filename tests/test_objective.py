@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ from sweep.data import load_dataset
 from sweep.objective import Objective
 from sweep.report import rank
 from sweep.runner import prepare_study
+from sweep.search import PrunerView, should_prune
 from sweep.space import distributions
 from sweep.spec import StudySpec, load_spec
 from sweep.stability import repeat_score
+from sweep.storage import open_storage
 from tests.helpers import write_study
 
 GOOD = {
@@ -36,12 +39,19 @@ HOPELESS = {**GOOD, "learning_rate": 0.001, "optimizer": "sgd", "units": 4, "bat
 
 
 def _study(
-    tmp_path: Path, extra: str, *, pruner: optuna.pruners.BasePruner | None = None, overrides: tuple[str, ...] = ()
+    tmp_path: Path,
+    extra: str,
+    *,
+    pruner: optuna.pruners.BasePruner | None = None,
+    overrides: tuple[str, ...] = (),
+    held: bool = False,
 ) -> tuple[optuna.Study, StudySpec]:
+    """The study on a SQLite file: through sweep's storage (``held``: trials' writes held) or Optuna's own."""
     spec = load_spec(write_study(tmp_path, name="obj", epochs=3, extra=extra), overrides=list(overrides))
     url = f"sqlite:///{tmp_path / 'obj.db'}"
     prepare_study(spec, url=url)
-    return optuna.load_study(study_name="obj", storage=url, pruner=pruner or optuna.pruners.NopPruner()), spec
+    storage = open_storage(url) if held else url
+    return optuna.load_study(study_name="obj", storage=storage, pruner=pruner or optuna.pruners.NopPruner()), spec
 
 
 def _finished(study: optuna.Study, spec: StudySpec, repeat0_scores: list[float], *, steps: int = 3) -> None:
@@ -94,9 +104,11 @@ def test_racing_stops_a_hopeless_configuration_after_one_repeat_and_keeps_a_cont
 
 
 @pytest.mark.slow
-def test_a_pruned_trial_reports_its_running_score_and_gets_no_training_advice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [False, True], ids=["one-call-per-write", "held-writes"])
+def test_a_pruned_trial_reports_its_running_score_and_gets_no_training_advice(tmp_path: Path, held: bool) -> None:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    study, spec = _study(tmp_path, "\n[racing]\nenabled = false\n", pruner=pruner, overrides=('pruner.name="median"',))
+    study, spec = _study(tmp_path, "\n[racing]\nenabled = false\n", pruner=pruner,
+                         overrides=('pruner.name="median"',), held=held)  # fmt: skip
     _finished(study, spec, [0.05, 0.05, 0.05])  # far better than 2 epochs of anything
 
     trial = _run(study, spec, GOOD)
@@ -141,3 +153,65 @@ def test_race_ignores_trials_pruned_inside_repeat_0(tmp_path: Path) -> None:
     assert race(study, 5.0, spec) == ""  # a half-trained repeat 0 is no yardstick: still starting up
     _finished(study, spec, [1.0])
     assert race(study, 5.0, spec).startswith("raced out")
+
+
+# --------------------------------------------------------------------------- asking the pruner
+
+
+def test_the_pruner_view_reads_the_complete_trials_again_once_they_are_a_heartbeat_old(tmp_path: Path) -> None:
+    study, spec = _study(tmp_path, "")
+    _finished(study, spec, [1.0, 2.0])
+    now = [0.0]
+    view = PrunerView(study, max_age_s=30, clock=lambda: now[0])
+    complete = (TrialState.COMPLETE,)
+
+    assert [t.number for t in view.get_trials(deepcopy=False, states=complete)] == [0, 1]
+    _finished(study, spec, [3.0])  # another worker's trial completes
+    now[0] = 29.0
+    assert len(view.get_trials(deepcopy=False, states=complete)) == 2 and view.reads == 1
+    now[0] = 30.0
+    assert len(view.get_trials(deepcopy=False, states=complete)) == 3 and view.reads == 2
+    # Any other state is read from the study each time; the rest of the study is the study's.
+    study.ask()
+    assert [t.state for t in view.get_trials(states=(TrialState.RUNNING,))] == [TrialState.RUNNING]
+    assert len(view.get_trials()) == 4 and view.reads == 2
+    assert view.direction is study.direction and view.study_name == "obj"
+
+
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        optuna.pruners.PercentilePruner(40.0, n_startup_trials=1, n_warmup_steps=1),
+        optuna.pruners.NopPruner(),
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=6, reduction_factor=2),
+    ],
+    ids=["median", "median-starting-up", "percentile", "none", "hyperband"],
+)
+def test_should_prune_decides_as_optuna_asked_at_every_epoch_would(tmp_path: Path, pruner: Any) -> None:
+    """Two copies of one study: trials asked through ``should_prune`` and through Optuna end the same way."""
+    decisions: dict[str, list[list[bool]]] = {}
+    reads = 0
+    for way in ("sweep", "optuna"):
+        (tmp_path / way).mkdir()
+        study, spec = _study(tmp_path / way, "", pruner=copy.deepcopy(pruner))
+        _finished(study, spec, [0.5, 0.9, 1.3, 1.7], steps=6)
+        decisions[way] = []
+        for curve in ([2.0, 1.6, 1.2, 1.1, 1.0, 0.9], [2.0, 1.0, 0.6, 0.5, 0.45, 0.4], [1.0, 1.5, 1.8, 1.9, 2.0, 2.1]):
+            view = PrunerView(study, max_age_s=30)  # one per trial, as the objective makes it
+            trial = study.ask()
+            reported: dict[int, float] = {}
+            asked = []
+            for step, value in enumerate(curve):
+                trial.report(value, step)
+                reported[step] = value
+                asked.append(should_prune(trial, reported, view) if way == "sweep" else trial.should_prune())
+            decisions[way].append(asked)
+            reads += view.reads
+            study.tell(trial, state=TrialState.PRUNED if any(asked) else TrialState.COMPLETE, values=None
+                       if any(asked) else [curve[-1]])  # fmt: skip
+    assert decisions["sweep"] == decisions["optuna"]
+    assert any(any(asked) for asked in decisions["sweep"]) or isinstance(pruner, optuna.pruners.NopPruner)
+    if isinstance(pruner, optuna.pruners.PercentilePruner):
+        assert reads == 3  # 18 decisions of 3 trials, each on one read of the complete trials (within 30 s)

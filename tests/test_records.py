@@ -167,3 +167,29 @@ def test_set_attrs_writes_a_running_trial_as_split_attrs_places_them(tmp_path: P
     assert {k: v for k, v in stored.system_attrs.items() if k.startswith("sweep:")} == system
     for key, value in attrs.items():
         assert records.trial_attr(stored, key) == value, key
+
+
+def test_set_attrs_of_a_trial_whose_writes_are_held_is_one_transaction_of_the_same_rows(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from sweep import batch
+    from sweep.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/held.db")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    attrs = _long_attrs(repeats=3)
+    begun: list[object] = []
+    sa.event.listen(storage.engine, "begin", begun.append)  # type: ignore[attr-defined]
+
+    with batch.held(trial):
+        records.set_attrs(trial, attrs)
+        assert begun == []  # nothing written yet: about twenty attrs wait for one transaction
+
+    assert len(begun) == 1
+    stored = study._storage.get_trial(trial._trial_id)
+    user, system = records.split_attrs(attrs)
+    assert stored.user_attrs == user
+    assert {k: v for k, v in stored.system_attrs.items() if k.startswith("sweep:")} == system
+    for key, value in attrs.items():
+        assert records.trial_attr(stored, key) == value, key

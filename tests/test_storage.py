@@ -195,3 +195,20 @@ def test_a_server_that_refuses_the_credentials_is_an_error_at_once_not_an_outage
         (line,) = result.stderr.splitlines()
         assert line.startswith("error: ") and ("nobody" in line or "no_such_database" in line), line
         assert ":pw@" not in line  # the password is masked
+
+
+def test_a_sweep_storage_holds_a_running_trial_s_writes_and_optuna_s_does_not(tmp_path: Path) -> None:
+    import optuna
+
+    from sweep.batch import HeldWrites
+    from sweep.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'held.db'}"
+    storage = open_storage(url)
+    assert isinstance(storage, HeldWrites) and isinstance(storage, optuna.storages.RDBStorage)
+    assert not isinstance(optuna.storages.RDBStorage(url), HeldWrites)
+    # Nothing held, every write is Optuna's own: what another process reads at once.
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("worker", "host:1")
+    assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == {"worker": "host:1"}
