@@ -18,5 +18,6 @@ BENCHMARKS: dict[str, str] = {
     "gpu": "benchmarks.gpu",
     "allocation": "benchmarks.allocation",
     "storage_calls": "benchmarks.storage_calls",
+    "load": "benchmarks.load",
 }
 """Benchmark name (for ``--only``) -> module, in the order they run."""

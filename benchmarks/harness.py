@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -496,6 +497,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def interrupt(proc: subprocess.Popen[Any], *, timeout: float = 30.0) -> None:
+    """Stop ``proc`` as Ctrl-C would (SIGINT), killing it if it has not exited ``timeout`` seconds later."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[Any] | None = None) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -514,24 +527,35 @@ def wait_for_port(port: int, *, timeout: float = 30.0, proc: subprocess.Popen[An
 
 
 @contextlib.contextmanager
-def sweep_proxy(url: str) -> Iterator[str]:
-    """``sweep proxy`` on ``url`` for the block; its ``grpc://`` URL. Stopped with SIGINT, killed after 15 s."""
-    import signal
+def sweep_proxy(url: str, *, args: Sequence[str] = ()) -> Iterator[str]:
+    """``sweep proxy`` on ``url`` (and ``args``) for the block; its ``grpc://`` URL. Stopped with SIGINT, killed
+    after 15 s."""
+    with sweep_proxy_process(url, args=args) as (grpc_url, _):
+        yield grpc_url
+
+
+@contextlib.contextmanager
+def sweep_proxy_process(url: str, *, args: Sequence[str] = ()) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """:func:`sweep_proxy`, with the process (for its CPU time).
+
+    Its stderr goes to a file, never to a pipe nobody reads (a full pipe would stop the proxy
+    mid-run); the end of it is in the error raised when the proxy does not start.
+    """
 
     port = free_port()
-    proc = subprocess.Popen(sweep_cmd("proxy", "--storage", url, "--port", str(port)), env=bench_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(sweep_cmd("proxy", "--storage", url, "--port", str(port), *args), env=bench_env(),
+                                stdout=subprocess.DEVNULL, stderr=log, text=True)  # fmt: skip
+        try:
             try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                wait_for_port(port, proc=proc)
+            except BenchmarkError as exc:
+                log.seek(0)
+                raise BenchmarkError(f"{exc}: {' | '.join(log.read().strip().splitlines()[-4:])}") from None
+            yield f"grpc://127.0.0.1:{port}", proc
+        finally:
+            interrupt(proc, timeout=15)
+
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"

@@ -217,14 +217,15 @@ Curve = Callable[[int, Any, int], tuple[list[float], list[float]]]
 
 
 @contextlib.contextmanager
-def cheap_training(curves: Curve = stand_in_curves) -> Iterator[None]:
+def cheap_training(curves: Curve = stand_in_curves, *, epoch_work: Callable[[], None] | None = None) -> Iterator[None]:
     """Replace TensorFlow in :mod:`sweep.train` by a stand-in for the block; nothing else changes.
 
     The stand-in ``fit_repeat`` trains for ``max_epochs`` epochs along ``curves``
     and ends as the real one does: it polls ``should_stop`` before each epoch
     (interrupted), stops at the first non-finite loss (diverged, the hook not
     called), calls the epoch hook after every other epoch (pruned when it says
-    so). ``release`` and the thread and GPU set-up do nothing.
+    so). ``release`` and the thread and GPU set-up do nothing. ``epoch_work``,
+    when given, is each epoch's training (called before its hook): a sleep, a count.
     """
     import sweep.train as train
     from sweep.train import Curves, Stop
@@ -239,6 +240,8 @@ def cheap_training(curves: Curve = stand_in_curves) -> Iterator[None]:
                 stop = Stop.INTERRUPTED
                 break
             epochs += 1
+            if epoch_work is not None:
+                epoch_work()
             if not (math.isfinite(val_loss[epoch]) and math.isfinite(train_loss[epoch])):
                 stop = Stop.DIVERGED
                 break

@@ -133,24 +133,24 @@ class Calibration:
         that is not among the study's trials (a trial being recorded) removes nothing.
         """
         mine = _row(own) if own is not None else None
-        jitters, gains, degradations, falls = self.jitters, self.gains, self.degradations, self.falls
-        spreads = self.spreads
-        if mine is not None and mine.jitter in jitters:
-            jitters, gains = _without(jitters, mine.jitter), _without(gains, mine.gain)
-            degradations, falls = _without(degradations, mine.degradation), _without(falls, mine.fall)
-            if mine.spread is not None:
-                spreads = _without(spreads, mine.spread)
-        if len(jitters) < MIN_TRIALS:
+        jitter = gain = degradation = fall = spread = None  # the indexes of ``own``'s numbers, left out
+        if mine is not None and (jitter := _find(self.jitters, mine.jitter)) is not None:
+            gain, fall = _find(self.gains, mine.gain), _find(self.falls, mine.fall)
+            degradation = _find(self.degradations, mine.degradation)
+            spread = None if mine.spread is None else _find(self.spreads, mine.spread)
+        trials = len(self.jitters) - (jitter is not None)
+        if trials < MIN_TRIALS:
             return None
-        noise = _median(jitters)
+        noise = _median(self.jitters, jitter)
+        spreads = len(self.spreads) - (spread is not None)
         return Scales(
-            trials=len(jitters),
+            trials=trials,
             noise=noise,
-            gain=max(_median(gains), noise, FLOOR),
+            gain=max(_median(self.gains, gain), noise, FLOOR),
             best_gain=self.best_gain,
-            degradation=_median(degradations),
-            fall=_median(falls),
-            spread=_median(spreads) if len(spreads) >= MIN_TRIALS else None,
+            degradation=_median(self.degradations, degradation),
+            fall=_median(self.falls, fall),
+            spread=_median(self.spreads, spread) if spreads >= MIN_TRIALS else None,
         )
 
 
@@ -198,7 +198,8 @@ def _row(attrs: Mapping[str, Any]) -> _Row | None:
     tail_mean = _finite(attrs.get("tail_mean"))
     if not isinstance(evidence, Mapping) or tail_mean is None:
         return None
-    first, jitter, slope = (_finite(evidence.get(k)) for k in ("first", "jitter", "val_slope"))
+    first, jitter = _finite(evidence.get("first")), _finite(evidence.get("jitter"))
+    slope = _finite(evidence.get("val_slope"))
     if first is None or jitter is None or slope is None:
         return None
     baseline = _finite(attrs.get("baseline"))
@@ -214,23 +215,31 @@ def _row(attrs: Mapping[str, Any]) -> _Row | None:
     )
 
 
-def _without(values: tuple[float, ...], value: float) -> tuple[float, ...]:
-    """The sorted ``values`` less one occurrence of ``value`` (as they are, if it is not there)."""
+def _find(values: tuple[float, ...], value: float) -> int | None:
+    """The index of one occurrence of ``value`` in the sorted ``values`` (``None`` if it is not there)."""
     i = bisect.bisect_left(values, value)
-    if i < len(values) and values[i] == value:
-        return values[:i] + values[i + 1 :]
-    return values
+    return i if i < len(values) and values[i] == value else None
 
 
-def _median(values: tuple[float, ...]) -> float:
-    """The median of sorted ``values`` (0.0 for none)."""
-    n = len(values)
+def _median(values: tuple[float, ...], skip: int | None = None) -> float:
+    """The median of sorted ``values`` less the one at index ``skip`` (0.0 for none), without copying them.
+
+    Judging each of a study's trials against the others is then one lookup per
+    trial rather than a copy of the study's numbers, so it stays linear in the trials.
+    """
+    n = len(values) - (skip is not None)
     if n == 0:
         return 0.0
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+    def at(k: int) -> float:
+        return values[k if skip is None or k < skip else k + 1]
+
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 def _finite(value: Any) -> float | None:
+    if type(value) is float:  # what a stored number reads back as: no conversion, and one check
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None

@@ -395,16 +395,15 @@ def rank_(
 ) -> None:
     """Trials ranked by validation-loss stability, with a diagnosis and a hint for each."""
     with _errors():
-        from sweep.report import rank
+        from sweep.report import ranking
         from sweep.storage import resolve_url
 
         fmt = _choice("--format", format_, ("table", "json", "csv"))
-        rows = rank(
-            study_name, url=resolve_url(storage), top=top, by=by, risk=risk, tail=tail, include_all=all_
+        first = TABLE_ROWS if fmt == "table" and top is None else top
+        ranked = ranking(
+            study_name, url=resolve_url(storage), top=first, by=by, risk=risk, tail=tail, include_all=all_
         )
-        hidden = 0
-        if fmt == "table" and top is None and len(rows) > TABLE_ROWS:
-            rows, hidden = rows[:TABLE_ROWS], len(rows) - TABLE_ROWS
+        rows, hidden = ranked.trials, (ranked.total - len(ranked.trials) if top is None else 0)
         if fmt == "json":
             sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
         elif fmt == "csv":
@@ -729,15 +728,16 @@ def _stop_serving(signum: int, frame: object) -> None:
 
 
 def _stored_artifacts(url: str) -> str | None:
-    """The artifact folder recorded in the specs of the studies in the storage, if any."""
-    import optuna
+    """The artifact folder recorded in the specs of the studies in the storage, if any.
 
+    Read from the studies alone: Optuna's study summaries load every trial (minutes at 100,000).
+    """
     from sweep import records
     from sweep.storage import open_storage
 
     storage = open_storage(url, create=False)
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        location = (summary.user_attrs.get(records.SPEC) or {}).get("dashboard", {}).get("artifacts")
+    for study in storage.get_all_studies():
+        location = (study.user_attrs.get(records.SPEC) or {}).get("dashboard", {}).get("artifacts")
         if location:
             return str(location)
     return None
@@ -824,13 +824,13 @@ def proxy(
 ) -> None:
     """Serve the storage to many workers over gRPC (they use --storage grpc://HOST:PORT)."""
     with _errors():
-        from sweep.proxy import make_server
+        from sweep.proxy import THREADS, make_server
         from sweep.storage import mask, open_storage, resolve_url
 
         url = resolve_url(storage)
         if url.startswith("grpc://"):
             raise UserError("--storage: the proxy serves a database; give a sqlite/postgresql/mysql URL")
-        backend = open_storage(url)
+        backend = open_storage(url, pool_size=THREADS)
         import optuna
 
         err.print(f"serving {mask(url)} on grpc://{host}:{port} (Ctrl-C stops)", markup=False)

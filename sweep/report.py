@@ -1,28 +1,37 @@
 """Reading a sweep back: ``sweep status`` and the stability ranking of ``sweep rank``.
 
-Nothing here imports TensorFlow. The ranking reads the storage with one SQL
-query per table (Optuna's ORM loads every field of every trial, which is too
-slow for 10,000-trial studies), and falls back to Optuna's API for storages
-that are not relational (the gRPC proxy).
+Nothing here imports TensorFlow. The ranking reads the storage with SQL
+(Optuna's ORM loads every field of every trial, which is too slow for large
+studies), and falls back to Optuna's API for storages that are not relational
+(the gRPC proxy). What it reads grows linearly with the trials, and as little
+as the answer needs: to put every trial in its place and judge it against the
+study, a few attrs per trial (:data:`_ORDER_KEYS`), one query per table, each
+table's values decoded by one call into the JSON parser; the params and the
+rest of the attrs only of the trials it shows (``--top``, the table's first
+rows, the best trial of ``sweep status``); the per-epoch curves only to
+re-score (``--risk``, ``--tail``) or for trials stored before their evidence was.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import gc
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ParamSpec, TypeVar
 
 from sweep import ledger, records
-from sweep.calibration import calibrate
+from sweep.calibration import Calibration, calibrate
 from sweep.errors import StudyNotFoundError, UserError
 from sweep.spec import PARAM_NAMES, StudySpec
 from sweep.stability import (
     Diagnosis,
     judge_spread,
     rediagnose,
-    residual_spread,
+    residual_spreads,
     split_reference,
     window_words,
 )
@@ -48,6 +57,47 @@ _KEYS = (
     records.RACED_OUT,
     ledger.EPOCHS_TRAINED,
 )
+"""The attrs a row of the ranking shows (:class:`RankedTrial`)."""
+_ORDER_KEYS = (
+    "tail_mean",
+    "baseline",
+    "degradation",
+    "repeat_means",
+    "evidence",
+    "n_repeats",
+    records.FAIL_REASON,
+    ledger.VERIFIES,
+    records.FIXES,
+)
+"""The attrs that place every trial in the ranking: with the sort field, what :func:`_latest` and
+:func:`_study_judge` read (the per-split reference, the repeat spreads, the calibration)."""
+_STATUS_KEYS = (*_ORDER_KEYS, "score", "epochs", ledger.EPOCHS_TRAINED)
+"""What ``sweep status`` reads of every trial: the ranking's order, the counts, the epochs trained."""
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _without_gc(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``fn`` with Python's cyclic garbage collector paused while it runs.
+
+    A large study's rows are hundreds of thousands of JSON values and rows,
+    none in a reference cycle: each pass of the collector walks them all again
+    and frees nothing (about a tenth of ``sweep rank``'s time at 100,000 trials).
+    """
+
+    @functools.wraps(fn)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    return paused
+
+
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "FAIL": 2, "RUNNING": 3, "WAITING": 4}
 
 
@@ -92,7 +142,22 @@ class RankedTrial:
     """What the diagnosis rules read from the curves (:class:`sweep.stability.Evidence`)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """:func:`dataclasses.asdict`: its lists and dicts copied; made directly, as ``--format json`` does 100,000."""
+        return {name: _copied(getattr(self, name)) for name in _RANKED_FIELDS}
+
+
+_RANKED_FIELDS = tuple(f.name for f in fields(RankedTrial))
+
+
+def _copied(value: Any) -> Any:
+    """``value`` as :func:`dataclasses.asdict` copies a field: JSON's lists and dicts anew, all else deep-copied."""
+    if type(value) is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copied(v) for v in value]
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    return copy.deepcopy(value)
 
 
 @dataclass(frozen=True)
@@ -165,15 +230,17 @@ def study_spec(study_name: str, *, url: str) -> StudySpec:
     return stored_spec(study_name, _open(study_name, url).user_attrs)
 
 
+@_without_gc
 def study_status(study_name: str, *, url: str) -> StudyStatus:
     """Counts by state, progress toward the target and the best trial; reads only the storage."""
     study = _open(study_name, url)
-    rows = _judge_spreads(_read_rows(study, keys=_KEYS), study)
+    whole = study.engine is None
+    rows = _read_rows(study, keys=_KEYS if whole else _STATUS_KEYS, params=whole)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     done = sum(_counts(r) for r in rows)
-    ranked = _rank_rows(rows, by="score", include_all=False)
+    best, _ = _ranked(study, rows, by="score", include_all=False, top=1, fixes={}, whole=whole)
     attrs = study.user_attrs
     return StudyStatus(
         name=study_name,
@@ -182,7 +249,7 @@ def study_status(study_name: str, *, url: str) -> StudyStatus:
         target=attrs.get(records.TARGET),
         counts=counts,
         done=done,
-        best=ranked[0] if ranked else None,
+        best=best[0] if best else None,
         epochs=sum(ledger.trained_of(r.attrs.get(ledger.EPOCHS_TRAINED), r.attrs.get("epochs")) for r in rows),
         budget=_budget(study),
     )
@@ -200,6 +267,15 @@ def _counts(row: TrialRow) -> bool:
 
 
 # --------------------------------------------------------------------------- ranking
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The first trials of a ranking, and how many it holds (:func:`ranking`)."""
+
+    trials: list[RankedTrial]
+    total: int
+    """How many trials the whole ranking holds (``len(trials)`` unless ``top`` cut it)."""
 
 
 def rank(
@@ -220,6 +296,30 @@ def rank(
     Raises:
         UserError: an unknown ``by`` field, or a bad ``risk``/``tail``.
     """
+    return ranking(study_name, url=url, top=top, by=by, risk=risk, tail=tail, include_all=include_all).trials
+
+
+@_without_gc
+def ranking(
+    study_name: str,
+    *,
+    url: str,
+    top: int | None = None,
+    by: str = "score",
+    risk: float | None = None,
+    tail: int | None = None,
+    include_all: bool = False,
+) -> Ranking:
+    """:func:`rank`'s first ``top`` trials and the size of the whole ranking.
+
+    With ``top``, only those trials are read whole and judged again with the
+    study (their params, hint and per-repeat lists); every other trial is read
+    only as far as its place in the ranking needs. The trials are those
+    :func:`rank` lists first, with the same fields.
+
+    Raises:
+        UserError: an unknown ``by`` field, or a bad ``risk``/``tail``/``top``.
+    """
     if by not in NUMERIC_FIELDS:
         raise UserError(f"--by: got {by!r}; allowed: {', '.join(NUMERIC_FIELDS)}")
     if risk is not None and not (math.isfinite(risk) and risk >= 0):
@@ -230,16 +330,59 @@ def rank(
         raise UserError(f"--top: got {top!r}; allowed: an integer >= 1")
     study = _open(study_name, url)
     rescore = risk is not None or tail is not None
-    keys = _KEYS + ((records.CURVES,) if rescore else ())
-    rows = _read_rows(study, keys=keys)
+    whole = rescore or top is None or study.engine is None
+    if whole:
+        rows = _read_rows(study, keys=_KEYS + ((records.CURVES,) if rescore else ()))
+    else:
+        rows = _read_rows(study, keys=(*_ORDER_KEYS, by), params=False)
     if rescore:
         spec = stored_spec(study.name, study.user_attrs)
         tail = tail or spec.stability.tail
         rows = [_rescore(r, risk=risk if risk is not None else spec.stability.risk, tail=tail) for r in rows]
     fixes = {r.number: r.attrs[records.FIXES] for r in rows if isinstance(r.attrs.get(records.FIXES), int)}
-    rows = _judge_spreads(_latest(rows), study, tail=tail)
-    ranked = _rank_rows(rows, by=by, include_all=include_all, fixes=fixes)
-    return ranked[:top] if top else ranked
+    trials, total = _ranked(
+        study, _latest(rows), by=by, include_all=include_all, top=top, fixes=fixes, whole=whole, tail=tail
+    )
+    return Ranking(trials, total)
+
+
+def _ranked(
+    study: _Study,
+    rows: list[TrialRow],
+    *,
+    by: str,
+    include_all: bool,
+    top: int | None,
+    fixes: dict[int, int],
+    whole: bool,
+    tail: int | None = None,
+) -> tuple[list[RankedTrial], int]:
+    """The first ``top`` rows of the ranking of ``rows``, judged with the study; and how many rows it ranks.
+
+    Every row is placed (:func:`_order`); only the rows returned are judged
+    again (:func:`_judge_row`), and, unless ``rows`` are ``whole`` (every attr
+    in :data:`_KEYS`, and the params), read whole first (:func:`_filled`).
+    """
+    rows, judge = _study_judge(rows, study, tail=tail)
+    chosen = _order(rows, by=by, include_all=include_all, spreads=judge.spreads if judge else {})
+    total = len(chosen)
+    if top is not None:
+        chosen = chosen[:top]
+    if not whole:
+        chosen = _filled(study, chosen)
+    if judge is not None:
+        chosen = [_judge_row(r, judge) for r in chosen]
+    return _ranked_trials(chosen, fixes=fixes), total
+
+
+def _filled(study: _Study, rows: list[TrialRow]) -> list[TrialRow]:
+    """``rows`` with their params and every attr in :data:`_KEYS`; what they hold already is kept."""
+    whole = {r.number: r for r in _read_rows(study, keys=_KEYS, numbers={r.number for r in rows})}
+    out = []
+    for row in rows:
+        read = whole.get(row.number)
+        out.append(row if read is None else TrialRow(row.number, row.state, read.params, {**read.attrs, **row.attrs}))
+    return out
 
 
 def _latest(rows: list[TrialRow]) -> list[TrialRow]:
@@ -249,6 +392,8 @@ def _latest(rows: list[TrialRow]) -> list[TrialRow]:
         v = r.attrs.get("n_repeats")
         return v if isinstance(v, int) else 0
 
+    if not any(ledger.VERIFIES in r.attrs for r in rows):
+        return rows  # every trial is its own configuration: none is superseded
     gone = ledger.superseded((r.number, r.state, ledger.key_of(r.number, r.attrs), n(r)) for r in rows)
     return [r for r in rows if r.number not in gone]
 
@@ -265,8 +410,21 @@ def _rescore(row: TrialRow, *, risk: float, tail: int) -> TrialRow:
     return TrialRow(row.number, row.state, row.params, attrs)
 
 
-def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = None) -> list[TrialRow]:
-    """Every complete trial's diagnosis judged again with the whole study: its reference and calibration.
+@dataclass(frozen=True)
+class _StudyJudge:
+    """What judging one trial again with the whole study needs (:func:`_study_judge`)."""
+
+    reference: tuple[float, ...] | None
+    calibration: Calibration | None
+    spreads: dict[int, float | None]
+    """Each complete trial's repeat spread around the per-split reference."""
+    tail: int
+
+
+def _study_judge(
+    rows: list[TrialRow], study: _Study, *, tail: int | None = None
+) -> tuple[list[TrialRow], _StudyJudge | None]:
+    """``rows`` (with the rules' evidence, :func:`_with_evidence`) and what judges each of them with the study.
 
     Every trial trains on the same splits, so the median tail mean of the
     complete trials on each split is what that split does to every
@@ -276,51 +434,55 @@ def _judge_spreads(rows: list[TrialRow], study: _Study, *, tail: int | None = No
     (:func:`sweep.stability.rediagnose`); a pruned trial can only become
     ``diverged`` that way. Before that, only trials stored as ``stable`` or
     ``unstable_across_repeats`` can change label (:func:`sweep.stability.judge_spread`).
+    Returns no judge for a study without a stored spec.
     """
     raw_spec = study.user_attrs.get(records.SPEC)
     if not isinstance(raw_spec, dict):
-        return rows
+        return rows, None
     spec = stored_spec(study.name, study.user_attrs)
     repeats, tail = spec.training.repeats, tail or spec.stability.tail
     complete = [r for r in rows if r.state == "COMPLETE" and isinstance(r.attrs.get("repeat_means"), list)]
     reference = split_reference([r.attrs["repeat_means"] for r in complete], n_repeats=repeats)
     rows = _with_evidence(rows, study, tail=tail, risk=spec.stability.risk)
-    spreads = {
-        r.number: residual_spread(r.attrs["repeat_means"], reference)
-        for r in rows
-        if r.state == "COMPLETE" and _nums(r.attrs.get("repeat_means"))
-    }
-    calibration = calibrate(
-        {**r.attrs, "repeat_spread": spreads.get(r.number)} for r in rows if r.number in spreads
+    measured = [r for r in rows if r.state == "COMPLETE" and _nums(r.attrs.get("repeat_means"))]
+    spreads = dict(
+        zip(
+            (r.number for r in measured),
+            residual_spreads([r.attrs["repeat_means"] for r in measured], reference),
+            strict=True,
+        )
     )
-    judged = {Diagnosis.STABLE.value, Diagnosis.UNSTABLE_ACROSS_REPEATS.value}
-    out = []
-    for row in rows:
-        attrs = dict(row.attrs)
-        if row.state == "PRUNED" and calibration is not None:
-            again = rediagnose(attrs, calibration=calibration, reference=None, tail=tail)
-            if again is not None and again[0] is Diagnosis.DIVERGED:
-                attrs.update(diagnosis=again[0].value, hint=again[1])
-        if row.number not in spreads:
-            out.append(TrialRow(row.number, row.state, row.params, attrs))
-            continue
-        again = None
-        if calibration is not None:
-            again = rediagnose(attrs, calibration=calibration, reference=reference, tail=tail)
-        if again is None and attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
-            again = judge_spread(
-                tail_mean=float(attrs["tail_mean"]),
-                tail_std=_num(attrs.get("tail_std")) or 0.0,
-                repeat_means=attrs["repeat_means"],
-                reference=reference,
-                window=window_words(tail, attrs.get("epochs") or [tail]),
-                baseline=_num(attrs.get("baseline")),
-            )
-        if again is not None:
+    calibration = calibrate({**r.attrs, "repeat_spread": spreads[r.number]} for r in measured)
+    return rows, _StudyJudge(reference, calibration, spreads, tail)
+
+
+def _judge_row(row: TrialRow, judge: _StudyJudge) -> TrialRow:
+    """``row`` with its diagnosis, hint and repeat spread judged with the whole study (:func:`_study_judge`)."""
+    calibration, tail = judge.calibration, judge.tail
+    attrs = dict(row.attrs)
+    if row.state == "PRUNED" and calibration is not None:
+        again = rediagnose(attrs, calibration=calibration, reference=None, tail=tail)
+        if again is not None and again[0] is Diagnosis.DIVERGED:
             attrs.update(diagnosis=again[0].value, hint=again[1])
-        attrs["repeat_spread"] = spreads[row.number]
-        out.append(TrialRow(row.number, row.state, row.params, attrs))
-    return out
+    if row.number not in judge.spreads:
+        return TrialRow(row.number, row.state, row.params, attrs)
+    again = None
+    if calibration is not None:
+        again = rediagnose(attrs, calibration=calibration, reference=judge.reference, tail=tail)
+    judged = (Diagnosis.STABLE.value, Diagnosis.UNSTABLE_ACROSS_REPEATS.value)
+    if again is None and attrs.get("diagnosis") in judged and _num(attrs.get("tail_mean")) is not None:
+        again = judge_spread(
+            tail_mean=float(attrs["tail_mean"]),
+            tail_std=_num(attrs.get("tail_std")) or 0.0,
+            repeat_means=attrs["repeat_means"],
+            reference=judge.reference,
+            window=window_words(tail, attrs.get("epochs") or [tail]),
+            baseline=_num(attrs.get("baseline")),
+        )
+    if again is not None:
+        attrs.update(diagnosis=again[0].value, hint=again[1])
+    attrs["repeat_spread"] = judge.spreads[row.number]
+    return TrialRow(row.number, row.state, row.params, attrs)
 
 
 def _with_evidence(rows: list[TrialRow], study: _Study, *, tail: int, risk: float) -> list[TrialRow]:
@@ -336,7 +498,8 @@ def _with_evidence(rows: list[TrialRow], study: _Study, *, tail: int, risk: floa
     }
     if not lacking:
         return rows
-    curves = {r.number: r.attrs.get(records.CURVES) for r in _read_rows(study, keys=(records.CURVES,))}
+    read = _read_rows(study, keys=(records.CURVES,), numbers=lacking, params=False)
+    curves = {r.number: r.attrs.get(records.CURVES) for r in read}
     out = []
     for row in rows:
         raw = curves.get(row.number)
@@ -348,22 +511,30 @@ def _with_evidence(rows: list[TrialRow], study: _Study, *, tail: int, risk: floa
     return out
 
 
-def _rank_rows(
-    rows: Sequence[TrialRow], *, by: str, include_all: bool, fixes: dict[int, int] | None = None
-) -> list[RankedTrial]:
-    """The ranking; ``fixes`` maps a fix's trial to the trial it remedies (a verification inherits it)."""
-    fixes = fixes or {}
+def _order(
+    rows: Sequence[TrialRow], *, by: str, include_all: bool, spreads: dict[int, float | None]
+) -> list[TrialRow]:
+    """The rows the ranking lists, in its order: complete trials (then, ``include_all``, the others by state),
+    each state's by ``by`` (lower first; those without it last) and then by number.
+
+    ``spreads`` (:attr:`_StudyJudge.spreads`) replaces the stored ``repeat_spread``, as judging does.
+    """
     chosen = [r for r in rows if include_all or r.state == "COMPLETE"]
 
     def key(r: TrialRow) -> tuple[int, int, float, int]:
-        value = r.attrs.get(by)
+        value = spreads[r.number] if by == "repeat_spread" and r.number in spreads else r.attrs.get(by)
         if isinstance(value, int | float) and math.isfinite(value):
             return (STATE_ORDER.get(r.state, 9), 0, float(value), r.number)
         return (STATE_ORDER.get(r.state, 9), 1, 0.0, r.number)
 
-    chosen.sort(key=key)
+    return sorted(chosen, key=key)
+
+
+def _ranked_trials(rows: Sequence[TrialRow], *, fixes: dict[int, int]) -> list[RankedTrial]:
+    """``rows``, in their order, as the ranking's rows; ``fixes`` maps a fix's trial to the trial it remedies
+    (a verification inherits it)."""
     out = []
-    for i, r in enumerate(chosen, start=1):
+    for i, r in enumerate(rows, start=1):
         a = r.attrs
         out.append(
             RankedTrial(
@@ -489,45 +660,112 @@ def _open(study_name: str, url: str) -> _Study:
     return _Study(study_name, {k: json.loads(v) for k, v in attrs}, engine=engine, study_id=int(row[0]))
 
 
-def _read_rows(study: _Study, *, keys: Sequence[str]) -> list[TrialRow]:
-    """Every trial's number, state, params and the attrs named in ``keys`` (:func:`records.attr`: whole)."""
+def _read_rows(
+    study: _Study, *, keys: Sequence[str], numbers: Collection[int] | None = None, params: bool = True
+) -> list[TrialRow]:
+    """Every trial's (or the trials ``numbers``') number, state, params and the attrs named in ``keys``.
+
+    An attr is read whole (:func:`records.attr`). Without ``params``, a row's params are left empty
+    (the Optuna API reads them anyway).
+    """
     if study.engine is None:
         return [
             TrialRow(t.number, t.state.name, dict(t.params), {k: v for k in keys if (v := _attr(t, k)) is not _ABSENT})
             for t in study.optuna_study.get_trials(deepcopy=False)
+            if numbers is None or t.number in numbers
         ]
     import sqlalchemy as sa
 
-    trials, params = _TABLES["trials"], _TABLES["trial_params"]
+    trials = _TABLES["trials"]
     mine = trials.c.study_id == study.study_id
+    few = numbers is not None and len(numbers) <= _FEW
     with study.engine.connect() as conn:
-        rows = conn.execute(sa.select(trials.c.trial_id, trials.c.number, trials.c.state).where(mine)).all()
-        by_id = {tid: TrialRow(int(num), _state(state), {}, {}) for tid, num, state in rows}
+        query = sa.select(trials.c.trial_id, trials.c.number, trials.c.state).where(mine)
+        if few and numbers is not None:
+            query = query.where(trials.c.number.in_(sorted(numbers)))
+        found_trials = _fetch(conn, query)
+        states: dict[Any, str] = {}
+        by_id = {
+            tid: TrialRow(int(num), states.get(state) or states.setdefault(state, _state(state)), {}, {})
+            for tid, num, state in found_trials
+            if numbers is None or num in numbers
+        }
         if not by_id:
             return []
+        # A study that holds most of the storage's trials reads every row of a table (then filtered here):
+        # one pass in storage order, cheaper than finding each trial's rows by its id.
+        every = sa.select(sa.func.count()).select_from(trials)
+        alone = not few and len(found_trials) >= _ALONE * _fetch(conn, every)[0][0]
+
+        def of_these(table: Any, columns: Sequence[str], *where: Any) -> Any:
+            """``trial_id`` and ``columns`` of the rows of ``table`` that belong to the trials read (or more)."""
+            query = sa.select(table.c.trial_id, *(table.c[c] for c in columns))
+            if few:
+                return query.where(table.c.trial_id.in_(list(by_id)), *where)
+            if alone:
+                return query.where(*where)
+            return query.join(trials, trials.c.trial_id == table.c.trial_id).where(mine, *where)
+
         # User attrs first, then the system attrs that hold some of them whole (records.split_attrs).
         named = {k: k for k in keys}
         moved = {records.system_key(k): k for k in keys}
         for table, wanted in ((_TABLES["trial_user_attributes"], named), (_TABLES["trial_system_attributes"], moved)):
-            query = (
-                sa.select(table.c.trial_id, table.c.key, table.c.value_json)
-                .join(trials, trials.c.trial_id == table.c.trial_id)
-                .where(mine, table.c.key.in_(list(wanted)))
-            )
-            for tid, key, value in conn.execute(query).all():
-                by_id[tid].attrs[wanted[key]] = json.loads(value)
-        param_query = (
-            sa.select(params.c.trial_id, params.c.param_name, params.c.param_value, params.c.distribution_json)
-            .join(trials, trials.c.trial_id == params.c.trial_id)
-            .where(mine)
-        )
+            found = _fetch(conn, of_these(table, ("key", "value_json"), table.c.key.in_(list(wanted))))
+            for (tid, key, _), value in zip(found, _loads_all([v for _, _, v in found]), strict=True):
+                if (row := by_id.get(tid)) is not None:
+                    row.attrs[wanted[key]] = value
+        if not params:
+            return list(by_id.values())
+        distributions: dict[str, dict[str, Any]] = {}
         external: dict[tuple[str, float], Any] = {}
-        for tid, name, value, dist_json in conn.execute(param_query).all():
+        params_query = of_these(_TABLES["trial_params"], ("param_name", "param_value", "distribution_json"))
+        for tid, name, value, dist_json in _fetch(conn, params_query):
             key = (dist_json, value)
             if key not in external:
-                external[key] = external_value(dist_json, value)
-            by_id[tid].params[name] = external[key]
+                if dist_json not in distributions:
+                    distributions[dist_json] = json.loads(dist_json)
+                external[key] = _external(distributions[dist_json], value)
+            if (row := by_id.get(tid)) is not None:
+                row.params[name] = external[key]
     return list(by_id.values())
+
+
+_FEW = 500
+"""Up to this many trials are read by their ids; more, with their study's (then filtered)."""
+_ALONE = 0.75
+"""A study with at least this share of the storage's trials reads whole tables (then filtered)."""
+
+
+def _fetch(conn: Any, query: Any) -> list[Any]:
+    """Every row of ``query`` as the driver returns it.
+
+    The columns of :func:`_tables` have no SQL type, so SQLAlchemy converts
+    nothing; the driver's tuples hold what its rows would, without building a
+    row object for each of a large study's million attrs.
+    """
+    result = conn.execute(query)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()
+
+
+def _loads_all(texts: list[str]) -> list[Any]:
+    """``[json.loads(t) for t in texts]``, parsed as one JSON array: one call into the parser, not one per value.
+
+    Optuna writes each attr with ``json.dumps``, so each text is one JSON value
+    and the array holds one element per text; texts that are not (the array's
+    length tells) are parsed one by one, which raises as it always did.
+    """
+    if not texts:
+        return []
+    try:
+        values = json.loads("[" + ",".join(texts) + "]")
+    except (TypeError, ValueError):
+        values = None
+    if not isinstance(values, list) or len(values) != len(texts):
+        return [json.loads(t) for t in texts]
+    return values
 
 
 def external_value(distribution_json: str, internal: float) -> Any:
@@ -536,7 +774,10 @@ def external_value(distribution_json: str, internal: float) -> Any:
     Optuna stores a categorical choice as its index and numbers as floats;
     ``distribution_json`` is ``{"name": ..., "attributes": {...}}``.
     """
-    dist = json.loads(distribution_json)
+    return _external(json.loads(distribution_json), internal)
+
+
+def _external(dist: dict[str, Any], internal: float) -> Any:
     name, attributes = dist["name"], dist["attributes"]
     if name == "CategoricalDistribution":
         return attributes["choices"][int(internal)]

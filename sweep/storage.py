@@ -142,6 +142,7 @@ def open_storage(
     grace_period: int | None = None,
     max_retries: int = 0,
     create: bool = True,
+    pool_size: int = 1,
 ) -> optuna.storages.BaseStorage:
     """Open the storage behind ``url`` with heartbeats, pooling and lock timeouts set.
 
@@ -149,6 +150,12 @@ def open_storage(
         create: create the tables (and the SQLite file) when missing. Reading
             commands pass False so that a mistyped path is an error, not a new
             empty database.
+        pool_size: connections to a database server kept open while idle. One, where
+            SQLAlchemy keeps five: a worker's trial and its beats need one at a time,
+            and a second, opened while both write at once, is closed after. Every idle
+            connection counts against the server's ``max_connections`` (100 by default
+            on PostgreSQL), which 64 workers keeping two each exhausted (benchmark 13).
+            ``sweep proxy`` keeps one per thread.
 
     Raises:
         StorageError: the storage cannot be reached or is not an Optuna storage.
@@ -192,7 +199,7 @@ def open_storage(
             _enable_wal(path)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     else:
-        engine_kwargs.update(pool_pre_ping=True, pool_recycle=3600)
+        engine_kwargs.update(pool_pre_ping=True, pool_recycle=3600, pool_size=pool_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -230,6 +230,64 @@ def test_builder_writes_a_study_that_rank_and_status_read(tmp_path: Path) -> Non
     assert status.best is not None and status.best.number == ranked[0].number
 
 
+def test_bulk_inserts_write_the_trials_add_trials_writes(storage_url: str, tmp_path: Path) -> None:
+    """The same trials through ``study.add_trials`` and :func:`insert_trials` read back the same, field by field."""
+    import optuna
+
+    from benchmarks.reading import _new_study, fake_trials, insert_trials
+
+    api, spec = _new_study(storage_url, name="api", n_trials=12, repeats=3, epochs=12, seed=4)
+    _new_study(storage_url, name="bulk", n_trials=12, repeats=3, epochs=12, seed=4)
+    trials = list(fake_trials(spec, 12, seed=4, pruned_every=3))
+    api.add_trials(trials[:5])
+    insert_trials(storage_url, "bulk", trials[:5], chunk=2)
+    api.add_trials(trials[5:])
+    assert insert_trials(storage_url, "bulk", trials[5:], chunk=4) == 7  # numbered after the trials there
+    bulk = optuna.load_study(study_name="bulk", storage=storage_url)
+
+    def fields(t: optuna.trial.FrozenTrial) -> tuple[object, ...]:
+        return (t.number, t.state, t.values, t.params, t.distributions, t.user_attrs, t.system_attrs,
+                t.intermediate_values, t.datetime_start, t.datetime_complete)  # fmt: skip
+
+    assert [fields(t) for t in bulk.get_trials()] == [fields(t) for t in api.get_trials()]
+    assert [t.state.name for t in bulk.get_trials()].count("PRUNED") == 4
+    assert bulk.best_trial.number == api.best_trial.number
+    bulk.add_trial(trials[0])  # Optuna goes on after the rows written in bulk
+    assert bulk.get_trials()[-1].number == 12
+
+
+def test_reading_results_judge_each_size_and_the_growth() -> None:
+    from benchmarks.reading import REFERENCE, _label, _report
+
+    times = {}
+    for n, scale in ((10_000, 1.0), (100_000, 4.0)):
+        for command, seconds in (("sweep rank", 1.0), ("sweep status", 1.1), ("sweep rank --top 20", 1.0),
+                                 ("sweep rank --format json", 3.0), (REFERENCE, 20.0)):  # fmt: skip
+            times[_label(n, command)] = [seconds * scale, seconds * scale * 1.1, seconds * scale * 0.9]
+    times[_label(100_000, REFERENCE)] = [300.0]
+    res = Result("reading", "3. reading at scale")
+    _report(res, "sqlite", times, [10_000, 100_000])
+    rows = {r.measure: r for r in res.rows}
+    assert rows["sqlite: sweep rank, whole process (10,000 trials)"].met is True
+    assert rows["sqlite: sweep rank, whole process (100,000 trials)"].value == 4.0
+    assert rows["sqlite: sweep rank, whole process (100,000 trials)"].goal.threshold == 5.0  # type: ignore[union-attr]
+    assert rows["sqlite: sweep status, whole process (100,000 trials)"].met is True
+    growth = rows["sqlite: sweep rank t(100,000) / t(10,000)"]
+    assert growth.value == pytest.approx(4.0) and growth.met is True
+    assert rows["sqlite: optuna trials -f json (100,000 trials)"].note == "once"
+    assert "sqlite: sweep rank / optuna trials -f json (100,000 trials)" not in rows
+
+
+def test_dashboard_study_page_is_timed_on_a_small_study(tmp_path: Path) -> None:
+    from benchmarks.reading import dashboard_times
+
+    url = f"sqlite:///{tmp_path / 'dash.db'}"
+    build_study(url, 12, seed=2)
+    shown = dashboard_times(url, poll=False)
+    assert shown["trials"] == 12 and shown["bytes"] > 1000 and shown["seconds"] > 0
+    assert shown["path"] == "/api/studies/1?after=0"
+
+
 def test_help_lists_the_benchmarks() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60

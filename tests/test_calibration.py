@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -137,6 +138,54 @@ def test_scales_leave_the_trial_itself_out() -> None:
     assert alone is not None and with_all is not None
     assert alone.trials == 4 and with_all.trials == 5
     assert math.isclose(alone.noise, 0.0, abs_tol=1e-12)
+
+
+finite = st.floats(min_value=-5.0, max_value=5.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([0.25, 0.5, 1.0]), finite, finite, finite, finite), min_size=1, max_size=12),
+    st.integers(min_value=0, max_value=11),
+    st.booleans(),
+)
+def test_scales_leave_out_one_occurrence_of_each_number_as_a_copy_without_it_would(
+    numbers: list[tuple[float, float, float, float, float]], pick: int, spread: bool
+) -> None:
+    """Each scale is the median of the study's numbers less the trial's own (one of them, when others are equal)."""
+    rows = [
+        {"tail_mean": t, "baseline": None, "degradation": abs(d), "repeat_spread": abs(r) if spread else None,
+         "evidence": {"first": t + g, "jitter": j, "val_slope": -g}}
+        for j, t, d, r, g in numbers
+    ]  # fmt: skip
+    calibration = calibrate(rows)
+    if calibration is None:
+        return
+    own = rows[pick % len(rows)]
+
+    def median_without(values: tuple[float, ...], value: float | None) -> float:
+        rest = list(values)
+        if value is not None and value in rest:
+            rest.remove(value)
+        return statistics.median(rest) if rest else 0.0
+
+    scales = calibration.scales(own)
+    kept = len(rows) - 1
+    if kept < MIN_TRIALS:
+        assert scales is None
+        return
+    assert scales is not None and scales.trials == kept
+    assert scales.noise == median_without(calibration.jitters, own["evidence"]["jitter"])
+    assert scales.fall == median_without(calibration.falls, max(0.0, own["evidence"]["val_slope"] * -1))
+    assert scales.degradation == median_without(calibration.degradations, own["degradation"])
+    gain = median_without(calibration.gains, own["evidence"]["first"] - own["tail_mean"])
+    assert scales.gain == max(gain, scales.noise, 1e-12)
+    spreads = [s for s in calibration.spreads]
+    if own["repeat_spread"] is not None:
+        spreads.remove(own["repeat_spread"])
+    assert scales.spread == (statistics.median(spreads) if len(spreads) >= MIN_TRIALS else None)
+    stranger = {**own, "evidence": {**own["evidence"], "jitter": 99.0}}  # not one of the study's trials
+    assert calibration.scales(stranger) == calibration.scales()
 
 
 def test_the_documented_picture_of_each_diagnosis_is_named_so_by_the_rules() -> None:

@@ -397,3 +397,26 @@ def test_a_signal_stops_the_wait(tmp_path: Path, signum: int) -> None:
     assert proc.returncode == 128 + signum
     name = signal.Signals(signum).name
     assert rest == f"interrupted by {name} while waiting for study 'cheap'\n"
+
+
+def test_dashboard_finds_the_stored_artifact_folder_without_reading_any_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sweep dashboard --storage URL`` starts in seconds on a study of 100,000 trials: it reads the studies only."""
+    import optuna
+
+    from sweep.cli import _stored_artifacts
+    from sweep.runner import prepare_study
+    from sweep.spec import load_spec
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    folder = tmp_path / "curves"
+    spec = load_spec(write_study(tmp_path, extra=f'\n[dashboard]\nartifacts = "{folder}"\n'))
+    study, _ = prepare_study(spec, url=url)
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+
+    def no_trials(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read the trials")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_trials", no_trials)
+    assert _stored_artifacts(url) == str(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sqlite3
@@ -315,3 +316,157 @@ def test_rank_fits_the_terminal_and_says_what_it_ranked_by(tmp_path: Path, colum
     assert wide.returncode == 0, wide.stderr
     header = next(line for line in wide.stdout.splitlines() if "trial" in line and "diagnosis" in line)
     assert all(name in header for name in ("degr", "osc", "gap", "spread", "layers", "units", "opt"))
+
+
+# --------------------------------------------------------------------------- reading at scale: the same answers
+
+
+def realistic_study(url: str, *, n: int = 150, seed: int = 5, name: str = "reading") -> None:
+    """A study as benchmark 3 writes one (:func:`benchmarks.reading.build_study`) and every kind of trial that
+    the ranking treats apart: failed (one diverged), verifying an earlier configuration, fixes, written before
+    2026-12 (no evidence, every attr a user attr), raced out, and a waiting one."""
+    from benchmarks.reading import build_study, fake_trials
+    from sweep import ledger
+    from sweep.report import study_spec
+
+    study = build_study(url, n, seed=seed, name=name)
+    extra = list(fake_trials(study_spec(name, url=url), 30, seed=seed + 1))
+    trials = []
+    for i, t in enumerate(extra):
+        user, system, state = dict(t.user_attrs), dict(t.system_attrs), t.state
+        if i < 4:
+            user[records.FAIL_REASON] = "diverged: loss became NaN at epoch 3" if i == 0 else "error: it broke"
+            state = TrialState.FAIL
+        elif i < 8:
+            user.update({ledger.VERIFIES: 3 * i, "n_repeats": 5, ledger.EPOCHS_TRAINED: 40})
+        elif i < 11:
+            user.update({records.FIXES: 7 * i, records.REMEDY: "learning_rate 0.003 -> 0.001"})
+        elif i < 16:
+            user = {**user, **{k.removeprefix("sweep:"): v for k, v in system.items()}}
+            user.pop("evidence", None)
+            system = {}
+        elif i < 19:
+            user.update({records.RACED_OUT: True, records.STOPPED: "raced out after repeat 0: " + "x" * 90})
+        trials.append(create_trial(
+            state=state, value=t.value if state is TrialState.COMPLETE else None, params=t.params,
+            distributions=t.distributions, user_attrs=user, system_attrs=system,
+            intermediate_values=t.intermediate_values,
+        ))  # fmt: skip
+    study.add_trials(trials)
+    study.enqueue_trial(dict(extra[0].params))
+
+
+ORACLE_CASES = [
+    {},
+    {"top": 25},
+    {"top": 1},
+    {"include_all": True},
+    {"include_all": True, "top": 120},
+    {"by": "repeat_spread", "top": 10},
+    {"by": "tail_std", "top": 40, "include_all": True},
+    {"by": "gap"},
+    {"risk": 0.0},
+    {"tail": 3, "risk": 2.0, "top": 30, "include_all": True},
+]
+
+
+def _same_as_before(url: str, name: str = "reading") -> None:
+    from sweep.report import ranking
+    from tests.report_before import rank_before, status_before
+
+    for kwargs in ORACLE_CASES:
+        every = rank_before(name, url=url, **{**kwargs, "top": None})
+        got = ranking(name, url=url, **kwargs)
+        assert json.dumps([r.as_dict() for r in got.trials]) == json.dumps(
+            [dataclasses.asdict(r) for r in every[: kwargs.get("top")]]
+        ), kwargs
+        assert got.total == len(every), kwargs
+    assert json.dumps(study_status(name, url=url).as_dict()) == json.dumps(status_before(name, url=url).as_dict())
+
+
+def test_rank_and_status_are_what_reading_every_trial_whole_gave(storage_url: str) -> None:
+    """Read a few attrs of every trial and the whole of those shown: the ranking and status of before, to the bit.
+
+    The study shares its storage with a larger one, so its attrs are found by its trials' ids.
+    """
+    realistic_study(storage_url, n=70, seed=11, name="other")
+    realistic_study(storage_url, n=100)
+    _same_as_before(storage_url)
+
+
+def test_a_study_alone_in_its_storage_reads_whole_tables_with_the_same_answers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'alone.db'}"
+    realistic_study(url, n=100)
+    _same_as_before(url)
+
+
+def test_rank_cli_table_counts_what_it_leaves_out(tmp_path: Path) -> None:
+    from tests.report_before import rank_before
+
+    url = f"sqlite:///{tmp_path / 'alone.db'}"
+    realistic_study(url, n=60)
+    every = rank_before("reading", url=url)
+    table = run_cli("rank", "reading", "--storage", url)
+    assert table.returncode == 0, table.stderr
+    assert f"({len(every) - 25} more; --top K shows more, --format json or csv shows all)" in table.stdout
+    assert [int(line.split("│")[2]) for line in table.stdout.splitlines() if line.startswith("│")] == [
+        r.number for r in every[:25]
+    ]
+    js = run_cli("rank", "reading", "--storage", url, "--format", "json", "--all")
+    assert js.returncode == 0, js.stderr
+    assert js.stdout == json.dumps([dataclasses.asdict(r) for r in rank_before("reading", url=url, include_all=True)],
+                                   indent=2) + "\n"  # fmt: skip
+    top = run_cli("rank", "reading", "--storage", url, "--top", "30")
+    assert top.returncode == 0, top.stderr
+    assert "more;" not in top.stdout
+
+
+def test_ranked_trial_as_dict_is_dataclasses_asdict(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    realistic_study(url, n=40)
+    rows = rank("reading", url=url, include_all=True)
+    assert rows and all(r.as_dict() == dataclasses.asdict(r) for r in rows)
+    copied = rows[0].as_dict()
+    assert copied["params"] is not rows[0].params and copied["evidence"] is not rows[0].evidence
+
+
+def test_attr_values_are_decoded_at_once_and_one_by_one_when_they_must() -> None:
+    from sweep.report import _loads_all
+
+    texts = ['0.5', 'null', '"a, b"', '[1, 2]', '{"x": [NaN]}', 'Infinity', 'true']
+    assert json.dumps(_loads_all(texts)) == json.dumps([json.loads(t) for t in texts])
+    assert _loads_all([]) == []
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        _loads_all(["1", "2, 3"])  # one array would hold three values: read one by one, which raises
+    with pytest.raises(TypeError):
+        _loads_all(["1", None])  # type: ignore[list-item]
+
+
+def test_reading_pauses_the_garbage_collector_and_gives_it_back_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    import sweep.report
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    realistic_study(url, n=20)
+    seen: list[bool] = []
+    real = sweep.report._read_rows
+
+    def watched(*args: object, **kwargs: object) -> object:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweep.report, "_read_rows", watched)
+    assert rank("reading", url=url) and gc.isenabled()
+    gc.disable()
+    try:
+        study_status("reading", url=url)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(StudyNotFoundError):
+        rank("nothing", url=url)
+    assert gc.isenabled()
+    assert seen and not any(seen)

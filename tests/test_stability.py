@@ -19,6 +19,8 @@ from sweep.stability import (
     Summary,
     judge_spread,
     repeat_score,
+    residual_spread,
+    residual_spreads,
     split_reference,
     summarize,
     window_words,
@@ -570,3 +572,32 @@ def test_rank_time_judgement_matches_summarize() -> None:
         window=window_words(5, s.epochs),
     )
     assert (diagnosis, hint, spread) == (s.diagnosis, s.hint, s.repeat_spread)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(min_value=1e-3, max_value=1e3, allow_nan=False), min_size=1, max_size=12),
+        min_size=0,
+        max_size=40,
+    ),
+    st.integers(min_value=1, max_value=12),
+    st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_residual_spreads_are_each_trials_residual_spread_to_the_bit(
+    many: list[list[float]], splits: int, level: float
+) -> None:
+    reference = [level * (1 + i) for i in range(splits)]
+    got = residual_spreads(many, reference)
+    assert [None if x is None else x.hex() for x in got] == [
+        None if (x := residual_spread(m, reference)) is None else x.hex() for m in many
+    ]
+    assert residual_spreads(many, None) == [None] * len(many)
+
+
+def test_the_reference_counts_the_trials_it_always_counted() -> None:
+    """Finite numbers (``bool`` and ``int`` among them) on every split; anything else leaves a trial out."""
+    good = [[1.0, 2.0], [2, 3], [True, 4.0], [3.0, 5.0, 9.0]]
+    bad = [[1.0, math.nan], [1.0, None], ["1.0", 2.0], [math.inf, 2.0], [1.0]]
+    assert split_reference(good + bad, n_repeats=2) == (1.5, 3.5)  # splits 0 and 1: [1, 2, 1, 3], [2, 3, 4, 5]
+    assert split_reference(bad + good[:2], n_repeats=2) is None

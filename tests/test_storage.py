@@ -212,3 +212,35 @@ def test_a_sweep_storage_holds_a_running_trial_s_writes_and_optuna_s_does_not(tm
     trial = study.ask()
     trial.set_user_attr("worker", "host:1")
     assert optuna.load_study(study_name=study.study_name, storage=url).trials[0].user_attrs == {"worker": "host:1"}
+
+
+@pytest.mark.parametrize("server", ["postgresql", "mysql"])
+def test_a_process_keeps_one_idle_connection_to_a_database_server(server: str, request: pytest.FixtureRequest) -> None:
+    """Two threads writing at once open two connections; once idle, a worker holds one of the server's
+    ``max_connections``, not SQLAlchemy's five (64 workers holding two each exhausted PostgreSQL's 100)."""
+    import sqlalchemy as sa
+
+    from sweep.storage import open_storage
+
+    url = request.getfixturevalue("postgres_url" if server == "postgresql" else "mysql_url")
+    database = sa.engine.make_url(url).database
+    count = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = :n"
+        if server == "postgresql"
+        else "SELECT count(*) FROM information_schema.processlist WHERE db = :n"
+    )
+    observer = sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+    def connections() -> int:
+        with observer.connect() as conn:  # itself one of them
+            return int(conn.execute(sa.text(count), {"n": database}).scalar_one()) - 1
+
+    storage = open_storage(url)
+    engine = storage.engine  # type: ignore[attr-defined]
+    with engine.connect() as a, engine.connect() as b:
+        a.execute(sa.text("SELECT 1"))
+        b.execute(sa.text("SELECT 1"))
+        assert connections() == 2
+    assert connections() == 1
+    engine.dispose()
+    assert connections() == 0
