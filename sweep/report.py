@@ -82,7 +82,7 @@ def _without_gc(fn: Callable[_P, _T]) -> Callable[_P, _T]:
 
     A large study's rows are hundreds of thousands of JSON values and rows,
     none in a reference cycle: each pass of the collector walks them all again
-    and frees nothing (about a tenth of ``sweep rank``'s time at 100,000 trials).
+    and frees nothing (``sweep rank`` on 100,000 trials: 5.5 s with it, 4.6 s paused).
     """
 
     @functools.wraps(fn)
