@@ -853,7 +853,8 @@ def _named_calibrated(
     start, began = e.first, "its first epoch"
     if baseline is not None and baseline > e.first:
         start, began = baseline, "the baseline"
-    if f.tail_mean - start > cal.diverge_limit:
+    rise = f.tail_mean - start
+    if rise > cal.diverge_limit and rise > STORED_PRECISION * max(abs(start), abs(f.tail_mean)):
         return Diagnosis.DIVERGED, (
             f"validation loss ended {f.tail_mean - start:.3g} above {began} ({start:.3g}) over {window}, "
             f"more than {DIVERGENCE_RISE:g}x what the study's median trial gains ({cal.gain:.3g})"
@@ -904,6 +905,12 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
+
+
+STORED_PRECISION = 1e-5
+"""The evidence is stored to 6 significant digits (:func:`_sig`): two numbers closer than this share of
+their size may differ by that rounding alone, which a shift of every loss changes (0.2509765625 is stored
+as 0.250977, 0.251953125 as 0.251953), so such a difference is not a rise."""
 
 
 def _sig(value: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sweep.calibration import MIN_TRIALS, calibrate
@@ -56,6 +56,15 @@ def studies(draw: st.DrawFn) -> tuple[list[Curves], list[Curves], int, list[floa
 
 @settings(max_examples=150, deadline=None)
 @given(study=studies())
+@example(  # flat curves, a study without noise: the stored evidence's rounding once read as a rise
+    study=(
+        [[[0.25] * 7]] * 3 + [[[0.25] * 6 + [257 / 1024]]] * 4 + [[[257 / 1024] + [0.25] * 5 + [257 / 1024]]],
+        [[[0.25] * 7]] * 8,
+        1,
+        [1 / 1024],
+        None,
+    )
+)
 def test_a_constant_added_to_every_curve_of_a_split_changes_no_label(
     study: tuple[list[Curves], list[Curves], int, list[float], float | None],
 ) -> None:

@@ -389,14 +389,14 @@ def test_rank_and_status_are_what_reading_every_trial_whole_gave(storage_url: st
 
     The study shares its storage with a larger one, so its attrs are found by its trials' ids.
     """
-    realistic_study(storage_url, n=70, seed=11, name="other")
-    realistic_study(storage_url, n=100)
+    realistic_study(storage_url, n=20, seed=11, name="other")
+    realistic_study(storage_url, n=40)
     _same_as_before(storage_url)
 
 
 def test_a_study_alone_in_its_storage_reads_whole_tables_with_the_same_answers(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'alone.db'}"
-    realistic_study(url, n=100)
+    realistic_study(url, n=40)
     _same_as_before(url)
 
 
@@ -404,7 +404,7 @@ def test_rank_cli_table_counts_what_it_leaves_out(tmp_path: Path) -> None:
     from tests.report_before import rank_before
 
     url = f"sqlite:///{tmp_path / 'alone.db'}"
-    realistic_study(url, n=60)
+    realistic_study(url, n=30)
     every = rank_before("reading", url=url)
     table = run_cli("rank", "reading", "--storage", url)
     assert table.returncode == 0, table.stderr
