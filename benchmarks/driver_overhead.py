@@ -45,6 +45,15 @@ def run(ctx: Context) -> Result:
             "wall time sweep run with dashboard.notes=false / plain loop",
             median_ratio(times["sweep_1_worker_no_notes"], plain_s),
         )
+    if "sweep_1_worker_spawn" in times:
+        res.add(
+            "wall time sweep run with worker.fork=false (each worker imports TensorFlow) / plain loop",
+            median_ratio(times["sweep_1_worker_spawn"], plain_s),
+        )
+        res.add(
+            "wall time sweep run with worker.fork=false / with forked workers (the default)",
+            median_ratio(times["sweep_1_worker_spawn"], sweep_s),
+        )
     per_trial = [(s - p) / n for s, p in zip(sweep_s, plain_s, strict=True)]
     inside = m["fixed"].trial_seconds
     res.raw = {
@@ -58,6 +67,10 @@ def run(ctx: Context) -> Result:
         f"({n} trials, both processes' start-up included); the final validation losses differ by at most "
         f"{same:.1e} (relative), so both trained the same models"
     )
+    lives = {k: [r["worker_lives"] for r in inside.get(k, [])] for k in ("sweep", "spawn")}
+    if lives["sweep"]:
+        res.notes.append(f"worker processes per sweep run (1 + recycles), each round: {lives['sweep']} forked, "
+                         f"{lives['spawn']} with worker.fork=false")  # fmt: skip
     if inside.get("sweep") and inside.get("plain"):
         sweep_in = median(r["trial_wall"] - r["train"] for r in inside["sweep"]) / n
         plain_in = median(r["trial_wall"] - r["train"] for r in inside["plain"]) / n

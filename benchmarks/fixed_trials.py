@@ -167,6 +167,7 @@ class FixedTrials:
             {
                 "trial_wall": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done),
                 "train": sum(float(t.user_attrs.get("train_seconds") or 0.0) for t in done),
+                "worker_lives": len({t.user_attrs.get("worker") for t in done}),  # host:pid, one per process
             }
         )
 
@@ -185,7 +186,8 @@ def measure(ctx: Context) -> dict[str, Any]:
     ``sweep run --workers 1 --set worker.threads=CORES`` and the plain loop with
     CORES threads (benchmark 1); ``sweep run --workers auto`` (one worker per
     core, one thread each) against the same plain loop (benchmark 2b). The full
-    run adds ``sweep run --workers 1`` with ``dashboard.notes=false``.
+    run adds ``sweep run --workers 1`` with ``dashboard.notes=false``, and both sweep runs
+    with ``worker.fork=false`` (every worker imports TensorFlow itself).
     """
     if "fixed_trials" in ctx.shared:
         return ctx.shared["fixed_trials"]
@@ -201,6 +203,11 @@ def measure(ctx: Context) -> dict[str, Any]:
     variants["sweep_1_worker_builder"] = lambda: fixed.sweep("builder", *one, builder=True)
     if not ctx.quick:
         variants["sweep_1_worker_no_notes"] = lambda: fixed.sweep("nonotes", *one, "--set", "dashboard.notes=false")
+        # Every worker a fresh process that imports TensorFlow itself (as GPU workers are started):
+        # what forking the workers from one process that imported it once saves.
+        spawn = ("--set", "worker.fork=false")
+        variants["sweep_1_worker_spawn"] = lambda: fixed.sweep("spawn", *one, *spawn)
+        variants["sweep_workers_auto_spawn"] = lambda: fixed.sweep("autospawn", "--workers", "auto", *spawn)
     times = alternate(
         variants,
         rounds=rounds,
@@ -224,7 +231,7 @@ def measure(ctx: Context) -> dict[str, Any]:
             "final_val_loss": fixed.final_losses,
             "max_relative_difference_of_final_val_loss": {
                 k: fixed.same_work(k, "plain")
-                for k in ("sweep", "sweepauto", "nonotes", "builder")
+                for k in ("sweep", "sweepauto", "nonotes", "builder", "spawn", "autospawn")
                 if k in fixed.final_losses
             },
         },

@@ -275,7 +275,8 @@ class HostRun:
         found = []
         for pid in self.host.pids():
             try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                # A forked worker's title is one string: "python -m sweep.worker STUDY ..."
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
             except OSError:
                 continue
             if b"sweep.worker" in argv:

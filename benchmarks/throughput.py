@@ -175,6 +175,11 @@ def _trials_per_hour(ctx: Context, res: Result) -> dict[str, Any]:
         goal=GOAL_TPH,
         note=f"{n} trials x {epochs} epochs, {rounds} rounds",
     )
+    if "sweep_workers_auto_spawn" in times:
+        res.add(
+            "trials/hour sweep run --workers auto with worker.fork=false (each worker imports TensorFlow) / plain loop",
+            median_ratio(plain_s, times["sweep_workers_auto_spawn"]),
+        )
     res.add(
         "trials/hour sweep run --workers auto / sweep run --workers 1",
         median_ratio(times["sweep_1_worker"], sweep_s),

@@ -36,7 +36,7 @@ from sweep.errors import (
     SweepError,
     UserError,
 )
-from sweep.outage import OutageTimeout, retry
+from sweep.outage import OutageTimeout, one_line, retry
 from sweep.protocol import CONNECTED, ENV_URL, MARKERS, RECYCLE_SOON, go_line
 from sweep.spec import StudySpec, WorkerSection, spec_from_dict
 from sweep.storage import (
@@ -50,6 +50,8 @@ from sweep.storage import (
 )
 from sweep.supervisor import Connected, Exited, Kind, Policy, State, decide
 from sweep.waiting import interruptible, wait_for_study
+from sweep.zygote import WorkerProcess, Zygote
+from sweep.zygote import available as zygote_available
 
 if TYPE_CHECKING:
 
@@ -552,7 +554,8 @@ def join_sweep(
 def supervisor_policy(spec: StudySpec) -> Policy:
     """The supervisor's limits from the ``[worker]`` section."""
     w = spec.worker
-    return Policy(crash_limit=w.crash_limit, crash_window_s=w.crash_window, outage_timeout_s=w.outage_timeout)
+    return Policy(crash_limit=w.crash_limit, crash_window_s=w.crash_window, outage_timeout_s=w.outage_timeout,
+                  fork_workers=w.fork)  # fmt: skip
 
 
 def supervise(
@@ -576,10 +579,14 @@ def supervise(
     With ``gpus``, worker slot ``s`` sees only GPU ``gpus[s % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``,
     set before it imports TensorFlow); ``hide_gpus`` hides every GPU from CPU workers.
 
-    With ``prepare``, the first workers start at once and import TensorFlow
-    (seconds) while ``prepare()`` creates or checks the study here; they open
-    the storage only after it returns True. When it returns False (nothing to
-    do) or raises, they are killed: they have touched nothing yet.
+    CPU workers are forked from one process that imports TensorFlow once
+    (:mod:`sweep.zygote`; ``policy.fork_workers``), so a replaced worker costs a
+    fork, not an import. GPU workers, and every worker without it, are fresh
+    processes: with ``prepare``, the first ones start at once and import
+    TensorFlow (seconds) while ``prepare()`` creates or checks the study here;
+    they open the storage only after it returns True. When it returns False
+    (nothing to do) or raises, they are killed: they have touched nothing yet.
+    Forked workers are forked once it returns True; the import runs meanwhile.
 
     What happens when a worker exits is decided by :func:`sweep.supervisor.decide`
     (recycle, restart after a crash or an outage, stop); this loop applies it.
@@ -602,28 +609,36 @@ def supervise(
         "PYTHONUNBUFFERED": "1",
     }
     state = State()
-    procs: dict[int, subprocess.Popen[str]] = {}
+    zygote = Zygote() if policy.fork_workers and not gpus and not hide_gpus and zygote_available() else None
+    procs: dict[int, WorkerProcess] = {}
     relays: dict[int, threading.Thread] = {}
     events: queue.SimpleQueue[tuple[str, int, str]] = queue.SimpleQueue()  # written by the relay threads
     last_error: dict[int, str] = {}
     received: list[int] = []
     # At most one spare: a held worker, TensorFlow imported, no slot yet, for the device of the
     # slot that will recycle (it sees only that GPU from the start).
-    spares: list[tuple[subprocess.Popen[str], str]] = []
+    # (Forked workers need none: a fork is as cheap as waking a spare.)
+    spares: list[tuple[WorkerProcess, str]] = []
     recycling: list[int] = []  # slots whose worker said it will recycle soon and has no successor yet
 
-    def spawn(slot: int | None, *, held: bool, device: str) -> subprocess.Popen[str]:
-        cmd = [sys.executable, "-m", "sweep.worker", study_name, "--threads", str(threads)]
+    def spawn(slot: int | None, *, held: bool, device: str) -> WorkerProcess:
+        argv = [study_name, "--threads", str(threads)]
         if slot is not None:
-            cmd += ["--slot", str(slot)]
+            argv += ["--slot", str(slot)]
         if target is not None:
-            cmd += ["--target", str(target)]
+            argv += ["--target", str(target)]
         if deadline is not None:
-            cmd += ["--deadline", repr(deadline)]
+            argv += ["--deadline", repr(deadline)]
         if held:
-            cmd.append("--await-go")
+            argv.append("--await-go")
+        if zygote is not None and not held:
+            try:
+                return zygote.fork(argv, {**env, **worker_env(device, hide_gpus=hide_gpus)})
+            except (OSError, EOFError) as exc:  # the importing process is gone; the next fork starts another
+                why = one_line(exc) or type(exc).__name__
+                log.warning("worker not forked (%s); starting it as a fresh process", why)
         return subprocess.Popen(
-            cmd,
+            [sys.executable, "-m", "sweep.worker", *argv],
             env={**env, **worker_env(device, hide_gpus=hide_gpus)},
             stdin=subprocess.PIPE if held else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -632,7 +647,7 @@ def supervise(
             start_new_session=True,
         )
 
-    def attach(slot: int, proc: subprocess.Popen[str]) -> None:
+    def attach(slot: int, proc: WorkerProcess) -> None:
         procs[slot] = proc
         if received:  # a signal came while this worker was being started
             proc.send_signal(received[-1])
@@ -680,14 +695,20 @@ def supervise(
     watched: list[optuna.Study] = []
     go = True
     try:
-        for slot in range(workers):
-            start(slot, held=prepare is not None)
-        if prepare is not None:
-            go = False  # until prepare() says otherwise
-            try:
-                go = prepare() and not received
-            finally:
-                _release(procs, go=go)
+        if zygote is not None:
+            zygote.start()  # it imports TensorFlow while prepare() runs
+            go = (prepare is None or prepare()) and not received
+            for slot in range(workers if go else 0):
+                start(slot)
+        else:
+            for slot in range(workers):
+                start(slot, held=prepare is not None)
+            if prepare is not None:
+                go = False  # until prepare() says otherwise
+                try:
+                    go = prepare() and not received
+                finally:
+                    _release(procs, go=go)
         while procs or restart_at:
             stopping = bool(received) or failure is not None
             for slot, when in list(restart_at.items()):
@@ -725,7 +746,9 @@ def supervise(
                         failure = error(decision.message)
                         _signal_all(procs, signal.SIGTERM)  # each ends its trial as FAIL "interrupted"
                         stopping = True
-            if recycling and not spares and not stopping and procs:
+            if zygote is not None:
+                recycling.clear()  # its successor will be a fork: nothing to start ahead
+            elif recycling and not spares and not stopping and procs:
                 # A worker will recycle soon: start its successor now, so that the TensorFlow
                 # import overlaps that worker's last trials instead of leaving its core idle.
                 device = assign(recycling.pop(0), gpus)
@@ -739,6 +762,8 @@ def supervise(
             spare.kill()
             spare.wait()
         _stop_all(procs)
+        if zygote is not None:
+            zygote.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if on_progress is not None and go:
@@ -749,7 +774,7 @@ def supervise(
         raise failure
 
 
-def _signal_all(procs: dict[int, subprocess.Popen[str]], signum: int) -> None:
+def _signal_all(procs: dict[int, WorkerProcess], signum: int) -> None:
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signum)
@@ -785,7 +810,7 @@ def _report(
 
 
 def _relay(
-    proc: subprocess.Popen[str],
+    proc: WorkerProcess,
     slot: int,
     on_output: Callable[[int, str], None] | None,
     events: queue.SimpleQueue[tuple[str, int, str]],
@@ -806,7 +831,7 @@ def _relay(
             log.warning("[worker %d] %s", slot, line)
 
 
-def _send_go(proc: subprocess.Popen[str], slot: int) -> bool:
+def _send_go(proc: WorkerProcess, slot: int) -> bool:
     """Tell a held worker to start as ``slot``; False if it has died meanwhile."""
     if proc.stdin is None or proc.poll() is not None:
         return False
@@ -818,7 +843,7 @@ def _send_go(proc: subprocess.Popen[str], slot: int) -> bool:
     return True
 
 
-def _release(procs: dict[int, subprocess.Popen[str]], *, go: bool) -> None:
+def _release(procs: dict[int, WorkerProcess], *, go: bool) -> None:
     """Let held workers open the storage, or kill them (they have touched nothing yet)."""
     for slot, proc in list(procs.items()):
         if go:
@@ -829,7 +854,7 @@ def _release(procs: dict[int, subprocess.Popen[str]], *, go: bool) -> None:
         del procs[slot]
 
 
-def _stop_all(procs: dict[int, subprocess.Popen[str]], grace_s: float = 30.0) -> None:
+def _stop_all(procs: dict[int, WorkerProcess], grace_s: float = 30.0) -> None:
     """End workers still running when the supervisor leaves (an error in it, for example)."""
     live = [p for p in procs.values() if p.poll() is None]
     for p in live:

@@ -547,6 +547,9 @@ class WorkerSection(_Section):
     crash_window: float = 600.0
     gpus: Any = "auto"
     """``auto`` (one worker per GPU found), ``none``, or the GPU ids to use (``[0, 1]`` or ``"0,1"``)."""
+    fork: bool = True
+    """Start CPU workers as forks of one process that has imported TensorFlow once (Linux), so a
+    replaced worker costs a fork instead of an import (about 4 s); false: each imports it itself."""
 
     @field_validator("outage_timeout", "crash_window", mode="before")
     @classmethod

@@ -43,6 +43,8 @@ class Policy:
     outage_timeout_s: float = 600.0
     """How long the storage may stay unreachable before the sweep gives up."""
     backoff_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
+    fork_workers: bool = True
+    """Fork CPU workers from one process that has imported TensorFlow (:mod:`sweep.zygote`)."""
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def worker_pids(study: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()  # a forked worker's title: one string
         except OSError:
             continue
         if b"sweep.worker" in cmd and study.encode() in cmd:

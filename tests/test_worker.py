@@ -1,4 +1,4 @@
-"""The worker process on its own: held start-up, and what a refused study leaves behind."""
+"""The worker process on its own: held start-up, forked start-up, recycling, and what a refused study leaves behind."""
 
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        result = run_cli("run", str(study), "--storage", url, "--workers", "1", "--set", "worker.max_trials=2")
+        # Spares are for workers that are not forked (GPU workers, worker.fork = false).
+        result = run_cli("run", str(study), "--storage", url, "--workers", "1", "--set", "worker.max_trials=2",
+                         "--set", "worker.fork=false")  # fmt: skip
     finally:
         stop.set()
         watcher.join()
@@ -108,6 +110,7 @@ def test_a_spare_started_ahead_takes_over_at_each_recycle(tmp_path: Path) -> Non
     # ahead as spares (no slot until told 'go'); none is left behind.
     with_slot = [pid for pid, cmd in seen.items() if b"--slot" in cmd.split(b"\0")]
     spares = [pid for pid, cmd in seen.items() if b"--slot" not in cmd.split(b"\0")]
+    assert all(b"--await-go" in cmd.split(b"\0") for pid, cmd in seen.items() if pid in spares)
     assert len(with_slot) == 1, seen
     assert len(spares) >= 2, seen
     assert worker_pids("spare") == []
@@ -161,3 +164,100 @@ def test_no_successor_is_asked_for_when_the_study_is_about_to_end(tmp_path: Path
     study.add_trial(create_trial(state=TrialState.RUNNING))  # and another
     assert not work_after_two_more(study, target=10)  # 3 left, two running workers take them
     assert work_after_two_more(study, target=13)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_recycled_workers_are_forks_of_one_process_that_imported_tensorflow(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.helpers import quiet_env, wait_for
+
+    url = f"sqlite:///{tmp_path / 'forked.db'}"
+    study = cheap_study(tmp_path, name="forked", n_trials=6, epochs=1)
+    seen: dict[int, tuple[str, int]] = {}  # worker pid: (its title, its parent)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for pid in worker_pids("forked"):
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    seen.setdefault(pid, (title, _parent(pid)))
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    cmd = [sys.executable, "-m", "sweep", "run", str(study), "--storage", url, "--set", "worker.max_trials=2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 0, out + err
+    trials = optuna.load_study(study_name="forked", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6
+    ran = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials}  # "host:pid" of each trial's worker
+    assert len(ran) == 3 and ran <= set(seen), (ran, seen)  # three lives of two trials
+    parents = {parent for _, parent in seen.values()}
+    assert len(parents) == 1 and proc.pid not in parents, (proc.pid, seen)  # all forked by one process
+    (title, _), *_ = seen.values()
+    assert title.split()[1:5] == ["-m", "sweep.worker", "forked", "--threads"], title  # ps shows what it is
+    assert all("--slot 0" in t for t, _ in seen.values())
+    assert worker_pids("forked") == []
+    server = Path(f"/proc/{parents.pop()}")
+    wait_for(lambda: not server.exists(), timeout=30, what="the fork server to end with the sweep")
+
+
+def test_a_killed_supervisor_leaves_no_forked_worker_behind(tmp_path: Path) -> None:
+    import signal
+
+    from tests.helpers import quiet_env, wait_for, wait_for_training
+
+    url = f"sqlite:///{tmp_path / 'orphans.db'}"
+    study = write_study(tmp_path, name="orphans", n_trials=4, epochs=30)
+    cmd = [sys.executable, "-m", "sweep", "run", str(study), "--storage", url, "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_training(url, "orphans", timeout=180)
+        workers = worker_pids("orphans")
+        assert len(workers) == 2, workers
+        server = _parent(workers[0])
+        assert server != proc.pid
+        proc.send_signal(signal.SIGKILL)  # no handler runs: only the kernel can tell the workers
+        proc.wait(timeout=30)
+        wait_for(lambda: worker_pids("orphans") == [] and not Path(f"/proc/{server}").exists(), timeout=60,
+                 what="the workers and their fork server to end with the supervisor")  # fmt: skip
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_run_sweep_called_from_python_leaves_no_fork_server_behind(tmp_path: Path) -> None:
+    from sweep.runner import run_sweep
+    from sweep.spec import load_spec
+
+    def servers() -> list[int]:
+        mine = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and _parent(int(entry.name)) == os.getpid() and \
+                        b"sweep.preload" in (entry / "cmdline").read_bytes():  # fmt: skip
+                    mine.append(int(entry.name))
+            except OSError:
+                continue
+        return mine
+
+    spec = load_spec(cheap_study(tmp_path, name="library", n_trials=2, epochs=1))
+    during: set[int] = set()
+    result = run_sweep(spec=spec, storage=f"sqlite:///{tmp_path / 'library.db'}", workers=2,
+                       on_progress=lambda _: during.update(servers()))  # fmt: skip
+    assert result.done == 2, result
+    assert len(during) == 1  # the workers were forked from one process that this one started
+    assert servers() == []  # and it ended with the sweep
