@@ -215,7 +215,7 @@ def open_storage(
         if url.startswith("sqlite"):
             _immediate_transactions(storage.engine)
         elif grace_period:
-            _bounded_idle_transactions(storage.engine, grace_period)
+            _bounded_idle_transactions(storage.engine, max(grace_period, MIN_IDLE_TRANSACTION_S))
         return storage
     except (SQLAlchemyError, optuna.exceptions.OptunaError, ImportError, ValueError, RuntimeError) as exc:
         raise storage_error(url, exc) from None
@@ -306,13 +306,20 @@ def _immediate_transactions(engine: Any) -> None:
     engine.dispose()  # connections made before the listeners are dropped
 
 
+MIN_IDLE_TRANSACTION_S = 10
+"""The shortest time the server lets a session sit in a transaction. With a grace period of a second or two,
+a healthy worker descheduled for that long on a loaded machine had its session ended mid-call; a lock held
+10 s longer only makes the reaper wait 10 s longer."""
+
+
 def _bounded_idle_transactions(engine: Any, seconds: int) -> None:
-    """Have the server end a session of ``engine`` that sits in a transaction for ``seconds``.
+    """Have the server end a session of ``engine`` that sits in a transaction for ``seconds``
+    (the grace period, at least :data:`MIN_IDLE_TRANSACTION_S`).
 
     A worker paused or cut off in the middle of a transaction (a beat, a report)
     holds its trial's row lock, and the worker that fails its trial as stale
     would wait on that lock until the dead connection's TCP times out (hours).
-    The server ends such a session after the grace period instead, which frees
+    The server ends such a session after the grace period (or 10 s) instead, which frees
     the lock when the trial becomes stale. A healthy worker's transactions last
     milliseconds; should one be ended, its next statement meets an outage and
     is retried. PostgreSQL: ``idle_in_transaction_session_timeout``; MariaDB:

@@ -137,7 +137,10 @@ def test_a_running_trial_that_never_beat_is_reaped_one_grace_period_later(storag
 def test_a_worker_cut_off_inside_a_transaction_does_not_keep_its_trial_from_the_reaper(
     server: str, request: pytest.FixtureRequest
 ) -> None:
-    """A worker paused mid-transaction holds its row lock; the server ends its session after the grace period."""
+    """A worker paused mid-transaction holds its row lock; the server ends its session after the grace period.
+
+    (After 10 s here: the server never ends a session sooner, ``MIN_IDLE_TRANSACTION_S``.)
+    """
     import threading
 
     import optuna
@@ -160,7 +163,7 @@ def test_a_worker_cut_off_inside_a_transaction_does_not_keep_its_trial_from_the_
 
     threading.Thread(target=fail_it, daemon=True).start()
     try:
-        assert done.wait(timeout=20), "the reaper still waits on the paused worker's lock"
+        assert done.wait(timeout=60), "the reaper still waits on the paused worker's lock"  # ended after 10 s
         assert reaper.get_trial(trial._trial_id).state is optuna.trial.TrialState.FAIL
         # The worker resumes: its ended session is an outage to wait out, and then its trial is gone.
         with pytest.raises(Exception) as resumed:
